@@ -1,0 +1,1 @@
+"""Data: the canonical HDF5 format, importers, and torch datasets over it."""
