@@ -176,7 +176,9 @@ class CanonicalWriter:
         image = np.asarray(image)
         if image.ndim != 4 or image.shape[0] != len(MODALITIES):
             raise DataError(f"{where}: image must have shape (4, D, H, W), got {image.shape}")
-        if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
+        if not np.issubdtype(image.dtype, np.number) or np.issubdtype(
+            image.dtype, np.complexfloating
+        ):
             raise DataError(f"{where}: image must be real numeric, got dtype {image.dtype}")
         if not np.all(np.isfinite(image)):
             raise DataError(f"{where}: image contains NaN or inf")
@@ -186,11 +188,14 @@ class CanonicalWriter:
                 raise DataError(
                     f"{where}: label shape {label.shape} does not match image shape {image.shape[1:]}"
                 )
-            if not (np.issubdtype(label.dtype, np.integer) or np.issubdtype(label.dtype, np.floating)):
+            if not (
+                np.issubdtype(label.dtype, np.integer) or np.issubdtype(label.dtype, np.floating)
+            ):
                 raise DataError(f"{where}: label must be integer, got dtype {label.dtype}")
-            if np.issubdtype(label.dtype, np.floating):
-                if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
-                    raise DataError(f"{where}: label has non-integer values")
+            if np.issubdtype(label.dtype, np.floating) and (
+                not np.all(np.isfinite(label)) or np.any(label != np.round(label))
+            ):
+                raise DataError(f"{where}: label has non-integer values")
             bad = np.setdiff1d(np.unique(label), np.array(LABELS))
             if bad.size:
                 raise DataError(f"{where}: label values {bad.tolist()} outside {list(LABELS)}")
@@ -321,7 +326,9 @@ def open_canonical(path: str | os.PathLike[str]) -> h5py.File:
         raise DataError(f"{p}: not a readable HDF5 file ({exc})") from None
     if f.attrs.get("format") != FORMAT:
         f.close()
-        raise DataError(f"{p}: not a canonical unet-compress data file (format attribute is not {FORMAT!r})")
+        raise DataError(
+            f"{p}: not a canonical unet-compress data file (format attribute is not {FORMAT!r})"
+        )
     if "subjects" not in f or not len(f["subjects"]):
         f.close()
         raise DataError(f"{p}: canonical file has no subjects")

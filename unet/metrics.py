@@ -1,0 +1,100 @@
+"""Segmentation metrics per subject volume: Dice and HD95 for the BraTS regions WT, TC, ET.
+
+BraTS convention for empty masks (used by the challenge's own evaluation):
+
+* prediction and reference both empty: Dice 1, HD95 0;
+* exactly one of them empty: Dice 0, HD95 = ``HD95_EMPTY_MM`` (373.13 mm, the diagonal of the
+  BraTS 240 x 240 x 155 mm volume, the value the BraTS evaluation assigns).
+
+HD95 is the 95th percentile of the symmetric surface distances (both directions pooled, as in
+MedPy's ``hd95``), in millimetres given the voxel ``spacing`` (1 mm isotropic by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from unet.data.canonical import REGIONS
+
+HD95_EMPTY_MM = 373.13
+
+
+def dice(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice coefficient of two binary masks; 1.0 when both are empty."""
+    pred = np.asarray(pred, dtype=bool)
+    target = np.asarray(target, dtype=bool)
+    if pred.shape != target.shape:
+        raise ValueError(f"dice: shapes differ, {pred.shape} vs {target.shape}")
+    total = int(pred.sum()) + int(target.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, target).sum()) / total
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(
+        mask, structure=ndimage.generate_binary_structure(mask.ndim, 1)
+    )
+
+
+def surface_distances(
+    a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from every surface voxel of ``a`` to the surface of ``b``, and back.
+
+    Both masks must be non-empty. Works on the bounding box of ``a | b`` (plus a margin) to
+    keep the distance transforms small.
+    """
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    spacing = tuple(float(s) for s in (spacing or (1.0,) * a.ndim))
+    idx = np.argwhere(a | b)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = np.minimum(idx.max(0) + 2, a.shape)
+    box = tuple(slice(int(l_), int(h_)) for l_, h_ in zip(lo, hi, strict=True))
+    a, b = a[box], b[box]
+    sa, sb = _surface(a), _surface(b)
+    dist_to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
+    dist_to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
+    return dist_to_b[sa], dist_to_a[sb]
+
+
+def hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm), BraTS empty-mask convention."""
+    pred = np.asarray(pred, dtype=bool)
+    target = np.asarray(target, dtype=bool)
+    if pred.shape != target.shape:
+        raise ValueError(f"hd95: shapes differ, {pred.shape} vs {target.shape}")
+    p_any, t_any = bool(pred.any()), bool(target.any())
+    if not p_any and not t_any:
+        return 0.0
+    if not p_any or not t_any:
+        return HD95_EMPTY_MM
+    d_pt, d_tp = surface_distances(pred, target, spacing)
+    return float(np.percentile(np.concatenate([d_pt, d_tp]), 95))
+
+
+def region_metrics(
+    pred: np.ndarray, target: np.ndarray, *, with_hd95: bool = True
+) -> dict[str, dict[str, float]]:
+    """Dice (and HD95) per region for bool maps of shape (3, ...) in the order WT, TC, ET.
+
+    Returns ``{"dice": {"WT", "TC", "ET", "mean"}, "hd95": {...}}`` (``hd95`` only if asked).
+    """
+    if pred.shape != target.shape or pred.shape[0] != len(REGIONS):
+        raise ValueError(
+            f"region_metrics: expected two (3, ...) maps, got {pred.shape}, {target.shape}"
+        )
+    out: dict[str, dict[str, float]] = {"dice": {}}
+    if with_hd95:
+        out["hd95"] = {}
+    for i, r in enumerate(REGIONS):
+        out["dice"][r] = dice(pred[i], target[i])
+        if with_hd95:
+            out["hd95"][r] = hd95(pred[i], target[i])
+    for values in out.values():
+        values["mean"] = float(np.mean([values[r] for r in REGIONS]))
+    return out
