@@ -1,0 +1,216 @@
+"""`compress.apply`: one recipe end to end, artifacts, metrics contract, split discipline, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from compress.apply import compress_checkpoint, format_table, main, measure_baseline, ratios
+from compress.prune import conv_sparsity
+from compress.recipe import Recipe
+from unet import load_checkpoint, save_checkpoint, zoo
+from unet.data.canonical import CanonicalDataset
+from unet.evaluate import evaluate_model
+from unet.train import fit
+
+M_KEYS = {
+    "params",
+    "macs",
+    "size_bytes",
+    "size_compressed_bytes",
+    "latency_ms",
+    "threshold",
+    "val_dice",
+}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory, blob_data: Path) -> Path:
+    model = zoo.create("unet2d-tiny")
+    fit(model, blob_data, steps=30, batch_size=8, seed=0)
+    return save_checkpoint(tmp_path_factory.mktemp("base") / "base.pt", model, {"threshold": 0.5})
+
+
+@pytest.fixture(scope="module")
+def baseline_metrics(baseline: Path, blob_data: Path) -> dict:
+    return measure_baseline(baseline, blob_data, threads=1)
+
+
+@pytest.fixture()
+def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every subject whose image or label is read."""
+    seen: list[str] = []
+    image, label = CanonicalDataset.image, CanonicalDataset.label
+
+    def spy_image(self, sid, *a, **k):
+        seen.append(sid)
+        return image(self, sid, *a, **k)
+
+    def spy_label(self, sid, *a, **k):
+        seen.append(sid)
+        return label(self, sid, *a, **k)
+
+    monkeypatch.setattr(CanonicalDataset, "image", spy_image)
+    monkeypatch.setattr(CanonicalDataset, "label", spy_label)
+    return seen
+
+
+def test_structured_int8_recipe_end_to_end(
+    tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path, spy: list[str]
+) -> None:
+    recipe = Recipe(
+        prune="structured", ratio=0.5, finetune_steps=5, precision="int8", threshold="per-region"
+    )
+    result = compress_checkpoint(
+        baseline, blob_data, recipe, tmp_path, threads=1, baseline_metrics=baseline_metrics
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "model.onnx",
+        "checkpoint.pt",
+        "recipe.json",
+        "metrics.json",
+    }
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    assert Recipe.from_json(tmp_path / "recipe.json") == recipe
+    b, c = result["baseline"], result["compressed"]
+    assert set(b) >= M_KEYS and set(c) >= M_KEYS
+    assert (
+        set(c["latency_ms"]) >= {"ort_cpu", "torch_cpu"}
+        and c["latency_ms"]["ort_cpu"]["median"] > 0
+    )
+    assert c["params"] < b["params"] and c["macs"] < b["macs"]
+    assert c["size_bytes"] == (tmp_path / "model.onnx").stat().st_size
+    assert ratios(result)["compression_factor"] == pytest.approx(b["size_bytes"] / c["size_bytes"])
+    assert "compressed" in format_table(result) and "val Dice ET" in format_table(result)
+    # the stored checkpoint rebuilds the pruned net and carries threshold + recipe
+    model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert model.config != zoo.config("unet2d-tiny")
+    assert meta["threshold"] == c["threshold"] and Recipe.from_dict(meta["recipe"]) == recipe
+    # the int8 ONNX runs and is really quantized
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 4, 32, 32), np.float32)})[0]
+    assert out.shape == (1, 3, 32, 32)
+    assert any(
+        n.op_type == "QuantizeLinear"
+        for n in __import__("onnx").load(str(tmp_path / "model.onnx")).graph.node
+    )
+    # split discipline: train + val only
+    data = CanonicalDataset(blob_data)
+    assert not set(spy) & set(data.split("test"))
+    assert set(data.split("val")) <= set(spy)
+
+
+def test_stored_val_dice_is_reproducible(
+    tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
+) -> None:
+    recipe = Recipe(prune="unstructured", ratio=0.5, threshold="global")
+    result = compress_checkpoint(
+        baseline, blob_data, recipe, tmp_path, threads=1, baseline_metrics=baseline_metrics
+    )
+    model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    again = evaluate_model(model, blob_data, "val", meta["threshold"], hd95=False)
+    assert again["mean"]["dice"]["mean"] == pytest.approx(
+        result["compressed"]["val_dice"]["mean"], abs=1e-4
+    )
+    assert conv_sparsity(model) == pytest.approx(0.5, abs=0.005)  # zeros survive save/load
+
+
+def test_bf16_and_fixed_threshold(
+    tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
+) -> None:
+    result = compress_checkpoint(
+        baseline,
+        blob_data,
+        Recipe(precision="bf16", threshold="fixed"),
+        tmp_path,
+        threads=1,
+        baseline_metrics=baseline_metrics,
+    )
+    assert result["artifact"] == "checkpoint.pt"
+    assert result["compressed"]["threshold"] == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
+    assert result["compressed"]["size_bytes"] == (tmp_path / "checkpoint.pt").stat().st_size
+    # bf16 weights: the checkpoint loses ~2 bytes per parameter against the fp32 baseline file
+    saved = baseline.stat().st_size - result["compressed"]["size_bytes"]
+    assert saved > 1.5 * result["compressed"]["params"]
+    assert result["compressed"]["val_dice"]["mean"] == pytest.approx(
+        baseline_metrics["val_dice"]["mean"], abs=0.05
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prune", "structured", "--ratio", "1.0"], "ratio must be in \\[0, 1\\)"),
+        (["--prune", "pairs", "--level-ratios", "0.1,0.2"], "level"),
+        (["--precision", "int4"], "invalid choice: 'int4'"),
+    ],
+)
+def test_cli_bad_recipe_flags(
+    tmp_path: Path, baseline: Path, blob_data: Path, extra: list, message: str, capsys
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "--checkpoint",
+                str(baseline),
+                "--data",
+                str(blob_data),
+                "--out",
+                str(tmp_path / "o"),
+                *extra,
+            ]
+        )
+    assert exc.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_cli_bad_recipe_file_and_checkpoint(
+    tmp_path: Path, baseline: Path, blob_data: Path, capsys
+) -> None:
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"prune": "structured", "ratio": 0.3, "sparsity": 0.2}))
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "--checkpoint",
+                str(baseline),
+                "--data",
+                str(blob_data),
+                "--out",
+                str(tmp_path / "o"),
+                "--recipe",
+                str(recipe),
+            ]
+        )
+    assert "r.json: recipe: unknown field(s) ['sparsity']" in capsys.readouterr().err
+    not_ckpt = tmp_path / "notes.txt"
+    not_ckpt.write_text("hello")
+    with pytest.raises(SystemExit):
+        main(
+            ["--checkpoint", str(not_ckpt), "--data", str(blob_data), "--out", str(tmp_path / "o")]
+        )
+    assert "notes.txt: not a safe unet-compress checkpoint" in capsys.readouterr().err
+
+
+def test_cli_prints_table(tmp_path: Path, baseline: Path, blob_data: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(baseline),
+                "--data",
+                str(blob_data),
+                "--out",
+                str(tmp_path / "o"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "recipe: dense+fp32+global" in out and "latency ORT CPU" in out
