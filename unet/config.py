@@ -29,7 +29,9 @@ def _as_widths(value: Any, name: str) -> tuple[tuple[int, ...], ...]:
     try:
         widths = tuple(tuple(int(w) for w in block) for block in value)
     except TypeError as exc:
-        raise ValueError(f"UNetConfig.{name} must be a list of lists of ints, got {value!r}") from exc
+        raise ValueError(
+            f"UNetConfig.{name} must be a list of lists of ints, got {value!r}"
+        ) from exc
     return widths
 
 
@@ -49,8 +51,12 @@ class UNetConfig:
     kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "encoder_widths", _as_widths(self.encoder_widths, "encoder_widths"))
-        object.__setattr__(self, "decoder_widths", _as_widths(self.decoder_widths, "decoder_widths"))
+        object.__setattr__(
+            self, "encoder_widths", _as_widths(self.encoder_widths, "encoder_widths")
+        )
+        object.__setattr__(
+            self, "decoder_widths", _as_widths(self.decoder_widths, "decoder_widths")
+        )
         object.__setattr__(self, "up_widths", tuple(int(w) for w in self.up_widths))
         self.validate()
 
@@ -153,4 +159,9 @@ class UNetConfig:
         dec = [tuple([enc[i][-1]] * convs_per_block) for i in range(levels - 1)]
         if upsampling == "transposed":
             kwargs.setdefault("up_widths", tuple(enc[i][-1] for i in range(levels - 1)))
-        return cls(spatial_dims=spatial_dims, encoder_widths=tuple(enc), decoder_widths=tuple(dec), **kwargs)
+        return cls(
+            spatial_dims=spatial_dims,
+            encoder_widths=tuple(enc),
+            decoder_widths=tuple(dec),
+            **kwargs,
+        )

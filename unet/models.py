@@ -100,7 +100,9 @@ class UNet(nn.Module):
             else:
                 ups.append(nn.Identity())
                 up_c = below
-            self.decoders[i] = ConvBlock(cfg, up_c + cfg.encoder_widths[i][-1], cfg.decoder_widths[i])
+            self.decoders[i] = ConvBlock(
+                cfg, up_c + cfg.encoder_widths[i][-1], cfg.decoder_widths[i]
+            )
             below = cfg.decoder_widths[i][-1]
         self.ups = nn.ModuleList(list(reversed(ups)))
         self.head = _CONV[cfg.spatial_dims](below, cfg.out_channels, 1)

@@ -40,29 +40,43 @@ def _register(name: str, description: str, table_input: tuple[int, ...]):
     return deco
 
 
-@_register("unet2d-tiny", "test-sized 2D net: 3 levels, base 4, BatchNorm, transposed convs", (64, 64))
+@_register(
+    "unet2d-tiny", "test-sized 2D net: 3 levels, base 4, BatchNorm, transposed convs", (64, 64)
+)
 def _unet2d_tiny() -> UNetConfig:
     return UNetConfig.uniform(2, base=4, levels=3)
 
 
-@_register("unet3d-tiny", "test-sized 3D net: 3 levels, base 4, BatchNorm, transposed convs", (32, 32, 32))
+@_register(
+    "unet3d-tiny", "test-sized 3D net: 3 levels, base 4, BatchNorm, transposed convs", (32, 32, 32)
+)
 def _unet3d_tiny() -> UNetConfig:
     return UNetConfig.uniform(3, base=4, levels=3)
 
 
-@_register("unet2d-small", "CPU default 2D: 4 levels, base 16, BatchNorm, transposed convs", (128, 128))
+@_register(
+    "unet2d-small", "CPU default 2D: 4 levels, base 16, BatchNorm, transposed convs", (128, 128)
+)
 def _unet2d_small() -> UNetConfig:
     return UNetConfig.uniform(2, base=16, levels=4)
 
 
-@_register("unet3d-small", "CPU default 3D: 4 levels, base 8, BatchNorm, transposed convs", (64, 64, 64))
+@_register(
+    "unet3d-small", "CPU default 3D: 4 levels, base 8, BatchNorm, transposed convs", (64, 64, 64)
+)
 def _unet3d_small() -> UNetConfig:
     return UNetConfig.uniform(3, base=8, levels=4)
 
 
 def _cs231n(dims: int) -> UNetConfig:
     return UNetConfig.uniform(
-        dims, base=18, levels=4, double_inside=True, norm="group", norm_groups=9, upsampling="nearest"
+        dims,
+        base=18,
+        levels=4,
+        double_inside=True,
+        norm="group",
+        norm_groups=9,
+        upsampling="nearest",
     )
 
 
@@ -96,12 +110,20 @@ def _unet3d_classic() -> UNetConfig:
     )
 
 
-@_register("unet2d-medium", "~23 MB fp32 2D net: 5 levels, base 28, BatchNorm, transposed convs (~5.9 M)", (240, 240))
+@_register(
+    "unet2d-medium",
+    "~23 MB fp32 2D net: 5 levels, base 28, BatchNorm, transposed convs (~5.9 M)",
+    (240, 240),
+)
 def _unet2d_medium() -> UNetConfig:
     return UNetConfig.uniform(2, base=28, levels=5)
 
 
-@_register("unet2d-original", "original U-Net (Ronneberger 2015), 64 -> 1024, BatchNorm, transposed convs (~31 M)", (240, 240))
+@_register(
+    "unet2d-original",
+    "original U-Net (Ronneberger 2015), 64 -> 1024, BatchNorm, transposed convs (~31 M)",
+    (240, 240),
+)
 def _unet2d_original() -> UNetConfig:
     return UNetConfig.uniform(2, base=64, levels=5)
 
@@ -152,16 +174,22 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--pattern", default="*", help="shell-style filter on names")
-    parser.add_argument("--no-macs", action="store_true", help="skip the (slow for big 3D nets) MAC count")
+    parser.add_argument(
+        "--no-macs", action="store_true", help="skip the (slow for big 3D nets) MAC count"
+    )
     args = parser.parse_args(argv)
-    print(f"{'name':<16} {'dims':>4} {'params':>11} {'MB fp32':>8} {'GMACs':>8}  {'input':<12} description")
+    print(
+        f"{'name':<16} {'dims':>4} {'params':>11} {'MB fp32':>8} {'GMACs':>8}  {'input':<12} description"
+    )
     for n in names(args.pattern):
         e = entry(n)
         model = create(n)
         p = count_params(model)
         g = "-" if args.no_macs else f"{macs(model.config, e.table_input) / 1e9:.2f}"
         shape = "x".join(map(str, e.table_input))
-        print(f"{n:<16} {model.config.spatial_dims:>4} {p:>11,} {p * 4 / 1e6:>8.2f} {g:>8}  {shape:<12} {e.description}")
+        print(
+            f"{n:<16} {model.config.spatial_dims:>4} {p:>11,} {p * 4 / 1e6:>8.2f} {g:>8}  {shape:<12} {e.description}"
+        )
 
 
 if __name__ == "__main__":
