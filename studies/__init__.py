@@ -1,0 +1,1 @@
+"""Runnable experiments that combine ``unet`` and ``compress``: ``python -m studies.<name>``."""
