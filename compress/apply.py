@@ -27,6 +27,7 @@ import json
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -224,12 +225,10 @@ def compress_checkpoint(
         "metrics": {"val_dice": val},
     }
     half = recipe.precision in ("fp16", "bf16")
-    save_checkpoint(
-        checkpoint_path,
-        cast_module(model, recipe.precision) if half else model,
-        ckpt_meta,
-        sparse=recipe.prune == "unstructured",
-    )
+    with warnings.catch_warnings():  # fp16 here is for storage, not for CPU compute
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stored = cast_module(model, recipe.precision) if half else model
+    save_checkpoint(checkpoint_path, stored, ckpt_meta, sparse=recipe.prune == "unstructured")
     # torch CPU latency in the deployed dtype, except fp16: emulated on CPUs (~70x slower), so the
     # fp32 module is timed instead and metrics.json says so
     if recipe.precision == "fp16":
