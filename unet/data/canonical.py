@@ -97,6 +97,8 @@ def split_subjects(
     if n >= 3:
         n_val = max(n_val, 1 if fractions[1] > 0 else 0)
         n_test = max(n_test, 1 if fractions[2] > 0 else 0)
+    n_val = min(n_val, n)
+    n_test = min(n_test, n - n_val)
     n_train = n - n_val - n_test
     return {
         "train": sorted(order[:n_train]),
@@ -206,11 +208,11 @@ class CanonicalWriter:
             image = image.astype(np.float32)
             means, stds = np.zeros(4), np.ones(4)
         g = self._file["subjects"].create_group(subject_id)
-        d = g.create_dataset("image", data=image, chunks=_chunks(image.shape))
+        d = g.create_dataset("image", data=image, chunks=_chunks(image.shape), compression="lzf")
         d.attrs["norm_mean"] = means
         d.attrs["norm_std"] = stds
         if label is not None:
-            g.create_dataset("label", data=label, chunks=_chunks(label.shape))
+            g.create_dataset("label", data=label, chunks=_chunks(label.shape), compression="lzf")
         self._hash.update(subject_id.encode())
         self._hash.update(np.ascontiguousarray(image).tobytes())
         if label is not None:
@@ -229,17 +231,13 @@ class CanonicalWriter:
                 if not self.subject_ids:
                     raise DataError(f"{self.path}: no subjects to write")
                 self._file.attrs["fingerprint"] = self._hash.hexdigest()[:16]
+        except BaseException as error:
+            exc_type, exc, tb = type(error), error, error.__traceback__
+            raise
         finally:
             self._file.close()
             self._file = None
-        if exc_type is None:
-            try:
-                self._ctx.__exit__(None, None, None)
-            except BaseException as e:
-                self._ctx.__exit__(type(e), e, e.__traceback__)
-                raise
-            return False
-        self._ctx.__exit__(exc_type, exc, tb)
+            self._ctx.__exit__(exc_type, exc, tb)  # renames on success, else removes the tmp
         return False
 
 
