@@ -32,6 +32,8 @@ Notes from measurements (2 cores, onnxruntime 1.31):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -158,8 +160,11 @@ def quantize_int8(
             calibrate_method=CALIBRATION_METHODS[method],
             extra_options=CALIBRATOR_OPTIONS[method],
         )
-        calibrator.collect_data(ArrayCalibrationReader(name, samples))
-        save_tensors_data(calibrator.compute_data(), cache)
+        # ORT's histogram calibrators print progress to stdout; keep the caller's output clean
+        with contextlib.redirect_stdout(io.StringIO()):
+            calibrator.collect_data(ArrayCalibrationReader(name, samples))
+            ranges = calibrator.compute_data()
+        save_tensors_data(ranges, cache)
         del calibrator
         quantize_static(
             pre,

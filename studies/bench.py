@@ -1,0 +1,181 @@
+"""Benchmarks: the speed and size numbers that unit tests must not time (machines are noisy).
+
+    python -m studies.bench train --data runs/phantom.h5                     # samples/s fp32 vs bf16
+    python -m studies.bench compress --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
+
+``train`` times the same training loop with ``--amp off`` and ``--amp bf16`` in one process,
+alternating, and reports samples/s and their ratio. ``compress`` runs the reference recipes on
+one baseline — (a) structured 0.5 + fine-tune, (b) the same + int8, (c) unstructured 0.9 +
+fine-tune — and prints size, compressed size, ORT and torch latency and val Dice per region
+beside the baseline. Both write JSON next to the printed table (``--out``). Ratios from one
+run are what to compare; absolute numbers move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.apply import compress_checkpoint, measure_baseline, ratios
+from compress.recipe import Recipe
+from unet import zoo
+from unet.io import write_text_atomic
+from unet.train import fit
+
+REFERENCE_RECIPES = {
+    "a: structured 0.5 + ft": Recipe(
+        prune="structured", ratio=0.5, round_to=8, finetune_steps=300, threshold="per-region"
+    ),
+    "b: structured 0.5 + ft + int8": Recipe(
+        prune="structured",
+        ratio=0.5,
+        round_to=8,
+        finetune_steps=300,
+        precision="int8",
+        threshold="per-region",
+    ),
+    "c: unstructured 0.9 + ft": Recipe(
+        prune="unstructured", ratio=0.9, finetune_steps=300, threshold="per-region"
+    ),
+}
+
+
+def train_throughput(
+    model_name: str, data: str, *, batch_size: int, steps: int, repeats: int, threads: int
+) -> dict[str, Any]:
+    """Samples/s of `unet.train.fit` for ``amp`` off and bf16, alternated ``repeats`` times (best kept)."""
+    torch.set_num_threads(threads)
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for amp in ("off", "bf16"):
+            model = zoo.create(model_name)
+            fit(model, data, steps=2, batch_size=batch_size, amp=amp)  # warm-up: allocator, kernels
+            start = time.perf_counter()
+            fit(model, data, steps=steps, batch_size=batch_size, amp=amp)
+            rate = steps * batch_size / (time.perf_counter() - start)
+            best[amp] = max(best.get(amp, 0.0), rate)
+    return {
+        "model": model_name,
+        "batch_size": batch_size,
+        "steps": steps,
+        "threads": threads,
+        "samples_per_s": best,
+        "bf16_speedup": best["bf16"] / best["off"],
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+def compress_bench(
+    checkpoint: str, data: str, out: Path, *, threads: int, latency_runs: int
+) -> dict[str, Any]:
+    """Baseline vs the `REFERENCE_RECIPES`; returns every metrics.json and the ratios."""
+    base = measure_baseline(checkpoint, data, threads=threads, latency_runs=latency_runs)
+    rows: dict[str, Any] = {}
+    for name, recipe in REFERENCE_RECIPES.items():
+        start = time.perf_counter()
+        result = compress_checkpoint(
+            checkpoint,
+            data,
+            recipe,
+            out / name.split(":")[0],
+            threads=threads,
+            latency_runs=latency_runs,
+            baseline_metrics=base,
+        )
+        rows[name] = {**result, "ratios": ratios(result), "wall_s": time.perf_counter() - start}
+    return {"baseline": base, "recipes": rows, "threads": threads}
+
+
+def compress_table(bench: dict[str, Any]) -> str:
+    """One row per model: sizes, latencies, val Dice per region."""
+    head = f"{'model':<32}{'MB':>8}{'MB zlib':>9}{'ORT ms':>9}{'torch ms':>10}{'WT':>8}{'TC':>8}{'ET':>8}{'mean':>8}"
+    lines = [head]
+
+    def row(name: str, m: dict[str, Any]) -> str:
+        lat = m["latency_ms"]
+        d = m["val_dice"]
+        return (
+            f"{name:<32}{m['size_bytes'] / 1e6:>8.3f}{m['size_compressed_bytes'] / 1e6:>9.3f}"
+            f"{lat['ort_cpu']['median']:>9.2f}{lat['torch_cpu']['median']:>10.2f}"
+            f"{d['WT']:>8.4f}{d['TC']:>8.4f}{d['ET']:>8.4f}{d['mean']:>8.4f}"
+        )
+
+    lines.append(row("baseline", bench["baseline"]))
+    for name, r in bench["recipes"].items():
+        lines.append(row(name, r["compressed"]))
+    lines.append("")
+    for name, r in bench["recipes"].items():
+        q = r["ratios"]
+        lines.append(
+            f"{name:<32} size {q['compression_factor']:.2f}x (zlib {q['compression_factor_zipped']:.2f}x), "
+            f"ORT {q['speedup_ort']:.2f}x, torch {q['speedup_torch']:.2f}x, "
+            f"MACs {r['baseline']['macs'] / r['compressed']['macs']:.2f}x, val Dice {q['dice_change']:+.4f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m studies.bench",
+        description="Benchmarks: training throughput (fp32 vs bf16) and the reference compression recipes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "train",
+        help="training samples/s, fp32 vs --amp bf16",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    t.add_argument("--data", required=True)
+    t.add_argument("--model", default="unet2d-small")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    t.add_argument(
+        "--repeats", type=int, default=2, help="alternating repeats; the best rate is kept"
+    )
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--out", default="runs/bench/train.json")
+    c = sub.add_parser(
+        "compress",
+        help="baseline vs reference recipes",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--latency-runs", type=int, default=50)
+    c.add_argument("--out", default="runs/bench/compress")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        result = train_throughput(
+            args.model,
+            args.data,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            repeats=args.repeats,
+            threads=args.threads,
+        )
+        write_text_atomic(args.out, json.dumps(result, indent=2))
+        s = result["samples_per_s"]
+        print(
+            f"{args.model} batch {args.batch_size}, {args.threads} threads: fp32 {s['off']:.1f} samples/s, "
+            f"bf16 {s['bf16']:.1f} samples/s, bf16 speed-up {result['bf16_speedup']:.2f}x"
+        )
+    else:
+        out = Path(args.out)
+        result = compress_bench(
+            args.checkpoint, args.data, out, threads=args.threads, latency_runs=args.latency_runs
+        )
+        write_text_atomic(out / "bench.json", json.dumps(result, indent=2))
+        print(compress_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""Read a stored sweep: its Pareto models and every trial's artifacts, from the storage alone.
+
+Pick a model of a finished study and use it (PyTorch or ONNX Runtime, stored threshold)::
+
+    from studies.pareto import pareto_models
+    from unet import load_checkpoint
+
+    models = pareto_models("journal:runs/sweep/unet2d-small-phantom/study.journal",
+                           "unet2d-small-phantom")             # Pareto set, best val Dice first
+    best = models[0]
+    print(best.label, best.size_bytes, best.latency_ms, best.val_dice)
+    model, meta = load_checkpoint(best.checkpoint)            # PyTorch; meta["threshold"]
+    forward, config = best.forward(threads=2)                 # the deployable artifact (ONNX)
+
+What a sweep (`studies.prune_sweep`) stores, and this module reads:
+
+* study user attributes: ``sweep`` (data file and fingerprint, baseline checkpoint, seeds,
+  threads, study folder, ...), ``baseline_metrics`` (the reference: the baseline with its
+  thresholds searched on val, `baseline_model`), ``baseline_as_trained``, ``machine``;
+* trial user attributes: ``recipe`` (`compress.recipe.Recipe.to_dict`), ``label``,
+  ``trial_dir`` (``<study folder>/trials/<number>``), ``metrics`` (the compressed model's
+  measurements, as in ``metrics.json``), ``dice_drop``, ``worker``; ``error`` for failed trials;
+* trial values: (val mean Dice, deployable size in bytes, ONNX Runtime CPU median latency in ms);
+  the constraint ``dice_drop`` (feasible when the val Dice loss vs the baseline <= the limit).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from compress.recipe import Recipe
+from unet.config import UNetConfig
+from unet.inference import Forward
+
+OBJECTIVES = ("val_dice_mean", "size_bytes", "latency_ms_ort")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+CONSTRAINT = "dice_drop"
+
+
+@dataclass(frozen=True)
+class TrialModel:
+    """One finished trial of a sweep and the paths of its artifacts."""
+
+    number: int
+    label: str
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    trial_dir: Path
+    artifact: str
+    feasible: bool
+
+    @property
+    def checkpoint(self) -> Path:
+        """``checkpoint.pt``: loads with `unet.load_checkpoint` (pruned widths, threshold)."""
+        return self.trial_dir / "checkpoint.pt"
+
+    @property
+    def onnx(self) -> Path:
+        """``model.onnx`` (fp32 / fp16 / int8 as the recipe says)."""
+        return self.trial_dir / "model.onnx"
+
+    @property
+    def artifact_path(self) -> Path:
+        """The deployable artifact whose size and latency were measured."""
+        return self.trial_dir / self.artifact
+
+    @property
+    def threshold(self) -> dict[str, float]:
+        return dict(self.metrics["threshold"])
+
+    @property
+    def val_dice(self) -> dict[str, float]:
+        return dict(self.metrics["val_dice"])
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.metrics["size_bytes"])
+
+    @property
+    def latency_ms(self) -> float:
+        """Median ONNX Runtime CPU latency at batch 1, in milliseconds."""
+        return float(self.metrics["latency_ms"]["ort_cpu"]["median"])
+
+    def metrics_file(self) -> dict[str, Any]:
+        """The trial's ``metrics.json`` (includes the threshold curve)."""
+        return json.loads((self.trial_dir / "metrics.json").read_text(encoding="utf-8"))
+
+    def forward(
+        self, threads: int | None = None, device: str = "cpu"
+    ) -> tuple[Forward, UNetConfig]:
+        """A `unet.inference.Forward` running the deployable artifact, and the model's config."""
+        from unet.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(self.checkpoint)
+        if self.artifact.endswith(".onnx"):
+            from compress.export import ort_forward, ort_session
+
+            session = ort_session(
+                self.artifact_path, threads, "cuda" if device == "cuda" else "cpu"
+            )
+            return ort_forward(session), model.config
+        from compress.cast import cast_forward, cast_module
+
+        precision = self.recipe.get("precision", "fp32")
+        if precision in ("fp16", "bf16"):
+            cast_module(model, precision)
+        return cast_forward(model.to(device)), model.config
+
+
+def baseline_model(study: optuna.Study) -> TrialModel:
+    """The sweep's reference model: the baseline through the identity recipe (dense fp32 ONNX,
+    thresholds searched on val), in ``<study folder>/baseline/``; ``number`` is -1."""
+    info = sweep_info(study)
+    recipe = dict(info["baseline_recipe"])
+    return TrialModel(
+        number=-1,
+        label="baseline (" + Recipe.from_dict(recipe).label + ")",
+        recipe=recipe,
+        metrics=dict(study.user_attrs["baseline_metrics"]),
+        trial_dir=Path(info["baseline_dir"]),
+        artifact="model.onnx",
+        feasible=True,
+    )
+
+
+def load_study(storage: str | BaseStorage, study_name: str) -> optuna.Study:
+    """Load a stored study; ``storage`` is a URL (see `studies.storage`) or a storage object."""
+    if isinstance(storage, str):
+        from studies.storage import journal_path, open_storage
+
+        path = journal_path(storage)
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such journal file")
+        storage = open_storage(storage)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = optuna.study.get_all_study_names(storage)
+        raise ValueError(
+            f"no study {study_name!r} in this storage (it has: {', '.join(names) or 'none'})"
+        ) from None
+
+
+def sweep_info(study: optuna.Study) -> dict[str, Any]:
+    """The ``sweep`` study attribute; `ValueError` if the study was not made by a sweep."""
+    info = study.user_attrs.get("sweep")
+    if not isinstance(info, dict):
+        raise ValueError(f"study {study.study_name!r} was not written by studies.prune_sweep")
+    return info
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0.0 for v in trial.constraints.values())
+
+
+def as_trial_model(trial: FrozenTrial) -> TrialModel:
+    """The `TrialModel` of a COMPLETE sweep trial."""
+    attrs = trial.user_attrs
+    return TrialModel(
+        number=trial.number,
+        label=str(attrs["label"]),
+        recipe=dict(attrs["recipe"]),
+        metrics=dict(attrs["metrics"]),
+        trial_dir=Path(attrs["trial_dir"]),
+        artifact=str(attrs.get("artifact", "model.onnx")),
+        feasible=_feasible(trial),
+    )
+
+
+def trial_models(study: optuna.Study, *, pareto_only: bool = False) -> list[TrialModel]:
+    """Every COMPLETE trial (or only the Pareto set, chosen on validation), by trial number."""
+    trials = (
+        study.best_trials
+        if pareto_only
+        else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    )
+    return sorted((as_trial_model(t) for t in trials), key=lambda m: m.number)
+
+
+def pareto_models(storage: str | BaseStorage, study_name: str) -> list[TrialModel]:
+    """The Pareto set of a stored sweep (feasible trials only), best validation Dice first."""
+    study = load_study(storage, study_name)
+    models = trial_models(study, pareto_only=True)
+    return sorted(models, key=lambda m: (-m.val_dice["mean"], m.size_bytes))

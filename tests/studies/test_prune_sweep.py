@@ -1,0 +1,494 @@
+"""The sweep: search space, bad input, failures, resume (also after SIGKILL), two workers,
+test-split isolation and the end-to-end run (report, figures, loadable Pareto models)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from compress.recipe import Recipe
+from studies.prune_sweep import (
+    FINETUNE_STEPS,
+    STRUCTURED_RATIOS,
+    UNSTRUCTURED_RATIOS,
+    main,
+    suggest_recipe,
+    unstructured_limit,
+)
+from studies.storage import (
+    HEARTBEAT_INTERVAL_S,
+    RETRY_ATTR,
+    WORKER_ATTR,
+    journal_url,
+    open_storage,
+)
+from unet import zoo
+from unet.data.canonical import CanonicalDataset
+
+
+def _load(out: Path, name: str = "s") -> optuna.Study:
+    return optuna.load_study(
+        study_name=name, storage=open_storage(journal_url(out / name / "study.journal"))
+    )
+
+
+def _states(study: optuna.Study, state: TrialState) -> list:
+    return study.get_trials(deepcopy=False, states=(state,))
+
+
+# ------------------------------------------------------------------ search space
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"prune": "none", "precision": "fp32", "threshold": "global"}, Recipe()),
+        (
+            {"prune": "unstructured", "unstructured_ratio": 0.9, "finetune_steps": 25,
+             "precision": "int8", "calibration": "entropy", "threshold": "per-region"},
+            Recipe(prune="unstructured", ratio=0.9, finetune_steps=25, precision="int8",
+                   calibration="entropy", threshold="per-region"),
+        ),
+        (
+            {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "finetune_steps": 0,
+             "precision": "fp16", "threshold": "global"},
+            Recipe(prune="structured", ratio=0.5, round_to=8, precision="fp16"),
+        ),
+        (
+            {"prune": "pairs", "level_ratio_0": 0.0, "level_ratio_1": 0.25, "level_ratio_2": 0.75,
+             "round_to": 1, "finetune_steps": 75, "precision": "fp32", "threshold": "global"},
+            Recipe(prune="pairs", level_ratios=(0.0, 0.25, 0.75), finetune_steps=75),
+        ),
+    ],
+)  # fmt: skip
+def test_suggest_recipe_maps_parameters(params: dict[str, Any], expected: Recipe) -> None:
+    assert suggest_recipe(optuna.trial.FixedTrial(params), levels=3) == expected
+
+
+def test_search_space_covers_every_method_within_bounds() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    recipes = [suggest_recipe(study.ask(), levels=4) for _ in range(200)]
+    assert {r.prune for r in recipes} == {"none", "unstructured", "structured", "pairs"}
+    assert {r.precision for r in recipes} == {"fp32", "fp16", "int8"}
+    for r in recipes:
+        if r.prune == "unstructured":
+            assert UNSTRUCTURED_RATIOS[0] <= r.ratio <= UNSTRUCTURED_RATIOS[1]
+        if r.prune == "structured":
+            assert STRUCTURED_RATIOS[0] <= r.ratio <= STRUCTURED_RATIOS[1]
+        if r.prune == "pairs":
+            assert len(r.level_ratios) == 4
+        if r.prune == "none":
+            assert r.finetune_steps == 0  # nothing to recover from
+        assert r.finetune_steps in FINETUNE_STEPS
+
+
+@pytest.mark.parametrize("name", ["unet2d-tiny", "unet2d-small", "cs231n-2d"])
+def test_unstructured_limit_is_the_last_ratio_that_deletes_no_layer(name: str) -> None:
+    from compress.prune_unstructured import prune_unstructured
+
+    torch.manual_seed(0)
+    model = zoo.create(name)
+    limit = unstructured_limit(model)
+    assert UNSTRUCTURED_RATIOS[2] <= limit <= UNSTRUCTURED_RATIOS[1]
+    prune_unstructured(copy.deepcopy(model), limit)  # allowed
+    if limit < UNSTRUCTURED_RATIOS[1]:
+        with pytest.raises(ValueError, match="would zero every weight"):
+            prune_unstructured(copy.deepcopy(model), limit + UNSTRUCTURED_RATIOS[2])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    recipes = [suggest_recipe(study.ask(), 4, unstructured_max=limit) for _ in range(300)]
+    ratios = [r.ratio for r in recipes if r.prune == "unstructured"]
+    assert max(ratios) == limit
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "unet9d-huge"], "--model 'unet9d-huge': unknown zoo model"),
+        (["--data", "{tmp}/missing.h5"], "--data {tmp}/missing.h5: no such data file"),
+        (["--trials", "0"], "--trials must be >= 1"),
+        (
+            ["--storage", "nosuch://host/db"],
+            "--storage: storage 'nosuch://host/db': unknown scheme",
+        ),
+        (["--storage", "postgresql://u:pw@host:port/db"], "malformed database URL"),
+        (["--out", "{tmp}/file.txt/sub"], "--out {tmp}/file.txt/sub: not a writable folder"),
+        (["--baseline", "{tmp}/file.txt"], "--baseline"),
+        (["--latency-runs", "3"], "--latency-runs must be >= 20"),
+    ],
+)
+def test_bad_input_is_one_clear_error_before_any_work(
+    argv: list[str],
+    message: str,
+    blob_data: Path,
+    untrained_ckpt: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "file.txt").write_text("not a checkpoint")
+    base = [
+        "--data",
+        str(blob_data),
+        "--baseline",
+        str(untrained_ckpt),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    if argv[0] == "--model":
+        base = base[:2] + base[4:]  # --model applies without --baseline
+    argv = [a.format(tmp=tmp_path) for a in base + argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1].startswith("usage: python -m studies.prune_sweep: error: ") or "error:" in err[-1]
+    )
+    assert message.format(tmp=tmp_path) in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    # nothing was started: no study folder, no cache
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ------------------------------------------------------------------ mechanics, with a fake compressor
+
+
+@pytest.fixture
+def fake_compress(monkeypatch: pytest.MonkeyPatch, make_metrics: Any) -> dict[str, Any]:
+    """Replace the expensive compressor: deterministic metrics from the recipe; can fail."""
+    import compress.apply
+
+    state: dict[str, Any] = {"calls": 0, "baseline_calls": 0, "fail_on": set()}
+
+    def fake(baseline, data, recipe, out_dir, **kw):  # noqa: ANN001, ANN003
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if out.name == "baseline":  # the sweep's reference: the identity recipe
+            state["baseline_calls"] += 1
+            m = make_metrics(1_001_000, 5.1, 0.8)
+            return {
+                "baseline": m,
+                "compressed": m,
+                "recipe": recipe.to_dict(),
+                "artifact": "model.onnx",
+            }
+        state["calls"] += 1
+        if state["calls"] in state["fail_on"]:
+            raise RuntimeError(f"boom on call {state['calls']}")
+        keep = 1.0 - recipe.ratio
+        m = make_metrics(int(1e6 * keep) + 1000, 5.0 * keep + 0.1, 0.8 - 0.1 * recipe.ratio)
+        result = {
+            "baseline": kw["baseline_metrics"],
+            "compressed": m,
+            "recipe": recipe.to_dict(),
+            "artifact": "model.onnx",
+        }
+        (out / "metrics.json").write_text(json.dumps(result))
+        return result  # fmt: skip
+
+    monkeypatch.setattr(compress.apply, "compress_checkpoint", fake)
+    return state
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(
+    fake_compress: dict[str, Any],
+    fast_argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_compress["fail_on"] = {2}
+    assert main([*fast_argv, "--trials", "3", "--no-report"]) == 0
+    study = _load(tmp_path / "out")
+    assert len(_states(study, TrialState.COMPLETE)) == 3
+    (failed,) = _states(study, TrialState.FAIL)
+    assert failed.user_attrs["error"] == "RuntimeError: boom on call 2"
+    out = capsys.readouterr()
+    lines = [ln for ln in (out.out + out.err).splitlines() if ln.lstrip().startswith("trial ")]
+    assert len(lines) == 4  # one summary line per finished trial
+    assert any("FAIL" in ln and "boom" in ln for ln in lines)
+    assert all("MB" in ln and "ms" in ln and "Dice" in ln for ln in lines if "FAIL" not in ln)
+    for t in _states(study, TrialState.COMPLETE):
+        assert Path(t.user_attrs["trial_dir"]) == tmp_path / "out" / "s" / "trials" / str(t.number)
+        assert Recipe.from_dict(t.user_attrs["recipe"]).label == t.user_attrs["label"]
+        assert t.values[0] == t.user_attrs["metrics"]["val_dice"]["mean"]
+
+
+def test_rerun_resumes_and_counts_finished_trials(
+    fake_compress: dict[str, Any], fast_argv: list[str], tmp_path: Path
+) -> None:
+    assert main([*fast_argv, "--trials", "2", "--no-report"]) == 0
+    first = {t.number: t.values for t in _states(_load(tmp_path / "out"), TrialState.COMPLETE)}
+    assert main([*fast_argv, "--trials", "4", "--no-report"]) == 0
+    study = _load(tmp_path / "out")
+    done = {t.number: t.values for t in _states(study, TrialState.COMPLETE)}
+    assert len(done) == 4 and fake_compress["calls"] == 4
+    assert {n: done[n] for n in first} == first
+    # the same command once more: nothing left to do; the baseline was measured once
+    assert main([*fast_argv, "--trials", "4", "--no-report"]) == 0
+    assert fake_compress["calls"] == 4 and fake_compress["baseline_calls"] == 1
+
+
+def test_rerun_with_another_baseline_is_refused(
+    fake_compress: dict[str, Any],
+    fast_argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    from unet import zoo
+    from unet.checkpoint import save_checkpoint
+
+    assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
+    torch.manual_seed(123)
+    other = save_checkpoint(tmp_path / "other.pt", zoo.create("unet2d-tiny"), {})
+    argv = list(fast_argv)
+    argv[argv.index("--baseline") + 1] = str(other)
+    assert main([*argv, "--trials", "2", "--no-report"]) == 2
+    assert "was run with another baseline" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ real runs
+
+
+@pytest.fixture
+def data_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Record the subject id of every image / label read from any canonical file."""
+    seen: list[str] = []
+    image, label = CanonicalDataset.image, CanonicalDataset.label
+
+    def spy_image(self, sid, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        seen.append(sid)
+        return image(self, sid, *a, **k)
+
+    def spy_label(self, sid, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        seen.append(sid)
+        return label(self, sid, *a, **k)
+
+    monkeypatch.setattr(CanonicalDataset, "image", spy_image)
+    monkeypatch.setattr(CanonicalDataset, "label", spy_label)
+    yield seen
+
+
+@pytest.mark.slow
+def test_end_to_end_search_never_reads_test_report_does(
+    sweep_argv: list[str], blob_data: Path, tmp_path: Path, data_spy: list[str]
+) -> None:
+    from compress.export import ort_session
+    from studies.pareto import pareto_models
+    from unet.checkpoint import load_checkpoint
+    from unet.evaluate import evaluate_model
+
+    test_ids = set(CanonicalDataset(blob_data).split("test"))
+    val_ids = set(CanonicalDataset(blob_data).split("val"))
+    out = tmp_path / "out"
+
+    # search phase: validation and training subjects only
+    # every trial feasible (--max-dice-drop 1): the tiny models lose a lot, and the Pareto set
+    # must not be empty here
+    argv = [*sweep_argv, "--trials", "3", "--seed", "1", "--finetune-steps", "0", "2",
+            "--max-dice-drop", "1"]  # fmt: skip
+    assert main([*argv, "--no-report"]) == 0
+    assert val_ids <= set(data_spy), "the search must evaluate on validation"
+    assert not test_ids & set(data_spy), "the search read test subjects"
+
+    # the same command again: the 3 trials are there, so only the report phase runs; it reads test
+    data_spy.clear()
+    assert main(argv) == 0
+    assert test_ids <= set(data_spy)
+    study = _load(out)
+    assert len(_states(study, TrialState.COMPLETE)) == 3
+
+    study_dir = out / "s"
+    assert (study_dir / "baseline" / "model.onnx").is_file()
+    reference = study.user_attrs["baseline_metrics"]
+    assert (
+        reference["val_dice"]["mean"]
+        >= study.user_attrs["baseline_as_trained"]["val_dice"]["mean"] - 1e-9
+    )
+    for t in _states(study, TrialState.COMPLETE):
+        for name in ("model.onnx", "checkpoint.pt", "metrics.json"):
+            assert (study_dir / "trials" / str(t.number) / name).is_file()
+    report = (study_dir / "report.md").read_text()
+    assert "Machine" in report and "onnxruntime" in report and "thread" in report
+    assert "mean-Dice loss on test" in report or "No Pareto model" in report
+    for name in ("pareto_front", "pruning_curves", "threshold_curves", "overlay"):
+        for fmt in ("png", "pdf"):
+            assert (study_dir / "figures" / f"{name}.{fmt}").stat().st_size > 1000
+
+    rows = list(csv.DictReader((study_dir / "pareto.csv").open()))
+    models = pareto_models(journal_url(study_dir / "study.journal"), "s")
+    assert models and [r["trial"] for r in rows] == ["baseline", *(str(m.number) for m in models)]
+    required = {"trial", "recipe", "params", "size_bytes", "size_compressed_bytes",
+                "compression_factor", "latency_ms_ort", "speedup_ort", "latency_ms_torch",
+                "val_dice_mean", "test_dice_mean", "test_dice_WT", "test_dice_TC",
+                "test_dice_ET", "test_hd95_mean"}  # fmt: skip
+    assert required <= set(rows[0])
+    assert (
+        json.loads((study_dir / "pareto.json").read_text())["pareto"][0]["trial"]
+        == rows[1]["trial"]
+    )
+
+    # figures and report are rebuilt from the storage alone
+    from studies import figures, report
+
+    storage = journal_url(study_dir / "study.journal")
+    assert figures.main(["--study", "s", "--storage", storage, "--out", str(tmp_path / "f")]) == 0
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == sorted(
+        p.name for p in (study_dir / "figures").iterdir()
+    )
+    assert report.main(["--study", "s", "--storage", storage, "--out", str(tmp_path / "r")]) == 0
+    again = list(csv.DictReader((tmp_path / "r" / "pareto.csv").open()))
+    assert [r["test_dice_mean"] for r in again] == [r["test_dice_mean"] for r in rows]
+
+    # every Pareto model loads (checkpoint and ONNX) and reproduces its stored val Dice
+    for m in models:
+        model, meta = load_checkpoint(m.checkpoint)
+        assert meta["threshold"] == pytest.approx(m.threshold)
+        session = ort_session(m.onnx, threads=1)
+        x = np.zeros((1, 4, 32, 32), dtype=np.float32)
+        assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (1, 3, 32, 32)
+        forward, config = m.forward(threads=1)
+        again = evaluate_model(forward, blob_data, "val", m.threshold, hd95=False,
+                               spatial_dims=config.spatial_dims, divisor=config.divisor)  # fmt: skip
+        assert again["mean"]["dice"]["mean"] == pytest.approx(m.val_dice["mean"], abs=1e-3)
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> Any:  # noqa: ANN001
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            value = predicate()
+        except (KeyError, OSError, ValueError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_rerun_finishes_without_losing_trials(
+    sweep_argv: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = [*sweep_argv, "--trials", "3", "--finetune-steps", "0", "2", "--no-report"]
+    cmd = [sys.executable, "-m", "studies.prune_sweep", *argv]
+    # first run: the same command, but every trial starts with a 3 s pause, so that a trial
+    # seen running has certainly not finished when the kill arrives
+    slow = (
+        "import sys, time; import compress.apply as a; real = a.compress_checkpoint\n"
+        "def slow(*args, **kw):\n    time.sleep(3)\n    return real(*args, **kw)\n"
+        "a.compress_checkpoint = slow\n"
+        "from studies.prune_sweep import main; raise SystemExit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", slow, *argv], stderr=subprocess.PIPE)
+    try:
+
+        def fresh_running_trial_after_a_complete_one() -> Any:
+            study = _load(out)
+            now = datetime.datetime.now()
+            running = [
+                t
+                for t in _states(study, TrialState.RUNNING)
+                if "trial_dir" in t.user_attrs and (now - t.datetime_start).total_seconds() < 1.5
+            ]
+            return running[0] if _states(study, TrialState.COMPLETE) and running else None
+
+        victim = _wait_for(fresh_running_trial_after_a_complete_one, 180, "a running trial")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = {t.number: t.values for t in _states(_load(out), TrialState.COMPLETE)}
+    assert _load(out).trials[victim.number].state == TrialState.RUNNING  # left behind
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "left running by a dead worker" in rerun.stderr
+    study = _load(out)
+    done = {t.number: t.values for t in _states(study, TrialState.COMPLETE)}
+    assert len(done) == 3
+    assert {n: done[n] for n in before} == before  # no finished trial lost or changed
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["error"]
+    retries = [t for t in study.trials if t.user_attrs.get(RETRY_ATTR) == victim.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert not _states(study, TrialState.RUNNING)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_journal(
+    sweep_argv: list[str], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*sweep_argv, "--trials", "4", "--workers", "2", "--finetune-steps", "0", "--no-report"]
+    assert main(argv) == 0
+    output = capfd.readouterr()
+    assert "Traceback" not in output.out + output.err
+    study = _load(tmp_path / "out")
+    complete = _states(study, TrialState.COMPLETE)
+    assert len(complete) >= 4 and not _states(study, TrialState.FAIL)
+    dirs = [t.user_attrs["trial_dir"] for t in complete]
+    assert len(set(dirs)) == len(dirs)
+    for d in dirs:
+        assert json.loads((Path(d) / "metrics.json").read_text())["compressed"]["size_bytes"] > 0
+    assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in complete}) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("UNET_COMPRESS_TEST_POSTGRES_URL"),
+    reason="set UNET_COMPRESS_TEST_POSTGRES_URL=postgresql://... to test an RDB server",
+)
+def test_postgres_storage_two_machines_join_one_study(
+    sweep_argv: list[str], tmp_path: Path
+) -> None:
+    """Two independent commands (as on two machines: own --out each) share one RDB study."""
+    url = os.environ["UNET_COMPRESS_TEST_POSTGRES_URL"]
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    argv = [*sweep_argv, "--storage", url, "--trials", "4", "--finetune-steps", "0", "--no-report"]
+    argv[argv.index("--study-name") + 1] = name
+    machines = []
+    for i in range(2):
+        a = list(argv)
+        a[a.index("--out") + 1] = str(tmp_path / f"machine{i}")
+        machines.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "studies.prune_sweep", *a], stderr=subprocess.PIPE
+            )
+        )
+    try:
+        for p in machines:
+            assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        assert study._storage.get_heartbeat_interval() == HEARTBEAT_INTERVAL_S
+        complete = _states(study, TrialState.COMPLETE)
+        assert len(complete) >= 4 and not _states(study, TrialState.FAIL)
+        homes = {Path(t.user_attrs["trial_dir"]).parents[2].name for t in complete}
+        assert homes == {"machine0", "machine1"}
+    finally:
+        for p in machines:
+            if p.poll() is None:
+                p.kill()
+        optuna.delete_study(study_name=name, storage=open_storage(url))
