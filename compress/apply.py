@@ -43,7 +43,7 @@ from unet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unet.data.canonical import CanonicalDataset, DataError
 from unet.data.datasets import sample_inputs
 from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabilities
-from unet.inference import DEFAULT_PATCH_3D, Forward
+from unet.inference import DEFAULT_PATCH_3D, Forward, round_up
 from unet.io import write_text_atomic
 from unet.models import UNet
 
@@ -57,7 +57,7 @@ def measure_spatial(model: UNet, data: CanonicalDataset, meta: dict[str, Any]) -
     cfg = model.config
     d, h, w = data.shape(data.split("val")[0])
     sizes = (h, w) if cfg.spatial_dims == 2 else tuple(meta.get("patch_size") or DEFAULT_PATCH_3D)
-    return tuple(-(-s // cfg.divisor) * cfg.divisor for s in sizes)
+    return tuple(round_up(s, cfg.divisor) for s in sizes)
 
 
 def prune_model(model: UNet, recipe: Recipe) -> UNet:

@@ -56,15 +56,18 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
-def _pad_to(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    pads = [(0, 0)] * (x.ndim - len(shape)) + [
-        (0, t - s) for s, t in zip(x.shape[-len(shape) :], shape, strict=True)
+def pad_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Zero-pad the trailing axes of ``array`` at their ends up to ``shape`` (never crops)."""
+    lead = array.ndim - len(shape)
+    pads = [(0, 0)] * lead + [
+        (0, max(want - have, 0)) for have, want in zip(array.shape[lead:], shape, strict=True)
     ]
-    return np.pad(x, pads) if any(p[1] for p in pads) else x
+    return np.pad(array, pads) if any(p[1] for p in pads) else array
 
 
-def _round_up(n: int, k: int) -> int:
-    return -(-n // k) * k
+def round_up(n: int, divisor: int) -> int:
+    """Smallest multiple of ``divisor`` that is >= ``n``."""
+    return -(-n // divisor) * divisor
 
 
 def _starts(size: int, patch: int, step: int) -> list[int]:
@@ -99,20 +102,20 @@ def predict_logits(
         raise ValueError(f"image must be (4, D, H, W), got shape {image.shape}")
     d, h, w = image.shape[1:]
     if spatial_dims == 2:
-        hp, wp = _round_up(h, divisor), _round_up(w, divisor)
-        slices = _pad_to(np.moveaxis(image, 1, 0), (hp, wp))  # (D, 4, Hp, Wp)
+        hp, wp = round_up(h, divisor), round_up(w, divisor)
+        slices = pad_to(np.moveaxis(image, 1, 0), (hp, wp))  # (D, 4, Hp, Wp)
         out = [forward(slices[i : i + batch_size]) for i in range(0, d, batch_size)]
         return np.ascontiguousarray(np.moveaxis(np.concatenate(out)[:, :, :h, :w], 0, 1))
     if spatial_dims != 3:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     if patch_size is None:
-        padded = _pad_to(image, [_round_up(s, divisor) for s in (d, h, w)])
+        padded = pad_to(image, [round_up(s, divisor) for s in (d, h, w)])
         return forward(padded[None])[0][:, :d, :h, :w]
     patch = tuple(
-        _round_up(min(p, _round_up(s, divisor)), divisor)
+        round_up(min(p, round_up(s, divisor)), divisor)
         for p, s in zip(patch_size, (d, h, w), strict=True)
     )
-    padded = _pad_to(image, [max(s, p) for s, p in zip((d, h, w), patch, strict=True)])
+    padded = pad_to(image, [max(s, p) for s, p in zip((d, h, w), patch, strict=True)])
     acc = np.zeros((3, *padded.shape[1:]), dtype=np.float32)
     count = np.zeros(padded.shape[1:], dtype=np.float32)
     windows = list(_windows(padded.shape[1:], patch, overlap))

@@ -17,7 +17,7 @@ mimics (small FLAIR/T2-bright white-matter lesions, T1ce-bright vessels) sit in 
 The "scanner" then applies a partial-volume blur, a smooth multiplicative bias field per
 modality and Rician noise.
 
-``difficulty`` (float >= 0, default 1.0) is the one knob for how hard the data set is; it sets
+``difficulty`` (float >= 0, default 0.8) is the one knob for how hard the data set is; it sets
 every field of `Knobs` (noise, blur, bias, how far tumour contrast may fade into the tissue
 around it, how soft oedema boundaries are, the share of small tumours, the number of mimics),
 so that a higher difficulty gives a lower Dice.
@@ -86,7 +86,7 @@ class PhantomConfig:
     subjects: int = 40
     shape: tuple[int, int, int] = (48, 128, 128)  # (D, H, W); D is the axial (slice) axis
     seed: int = 0
-    difficulty: float = 1.0
+    difficulty: float = 0.8
     tumour_free_fraction: float = 0.15
     two_tumour_fraction: float = 0.3  # among subjects with a tumour
     split_seed: int = 0

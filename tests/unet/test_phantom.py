@@ -129,7 +129,7 @@ def test_file_is_zscored_over_the_brain(phantom_file: Path, cfg: PhantomConfig) 
     assert data.attrs["phantom_seed"] == cfg.seed
     assert data.attrs["phantom_difficulty"] == cfg.difficulty
     assert list(data.attrs["phantom_shape"]) == list(SHAPE)
-    assert data.attrs["phantom_knob_noise_std"] == Knobs.from_difficulty(1.0).noise_std
+    assert data.attrs["phantom_knob_noise_std"] == Knobs.from_difficulty(cfg.difficulty).noise_std
     for sid in data.subjects:
         image = data.image(sid)
         brain = image.any(axis=0)

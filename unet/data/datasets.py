@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from unet.data.canonical import LABELS, CanonicalDataset, DataError, regions_from_label
+from unet.inference import pad_to, round_up
 
 Subjects = str | Sequence[str]
 
@@ -53,19 +54,6 @@ def resolve_subjects(data: CanonicalDataset, subjects: Subjects) -> list[str]:
     if missing:
         raise DataError(f"{data.path}: subjects without a label (or unknown): {missing[:5]}")
     return ids
-
-
-def _round_up(n: int, divisor: int) -> int:
-    return -(-n // divisor) * divisor
-
-
-def _pad_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Zero-pad the trailing axes of ``array`` at their ends up to ``shape`` (as inference does)."""
-    lead = array.ndim - len(shape)
-    pads = [(0, 0)] * lead + [
-        (0, max(want - have, 0)) for have, want in zip(array.shape[lead:], shape, strict=True)
-    ]
-    return np.pad(array, pads) if any(p[1] for p in pads) else array
 
 
 def _augment(
@@ -163,7 +151,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.slices = np.asarray(slices, dtype=np.int64)
         self.has_tumour = np.asarray(tumour, dtype=bool)
         self._pools = (np.flatnonzero(self.has_tumour), np.flatnonzero(~self.has_tumour))
-        self.spatial_shape = (_round_up(height, divisor), _round_up(width, divisor))
+        self.spatial_shape = (round_up(height, divisor), round_up(width, divisor))
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -182,8 +170,8 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         rng = np.random.default_rng((self.seed, int(index)))
         s, z = self.slices[self.pick(rng)]
         sid = self.subjects[s]
-        image = _pad_to(self.data.image(sid, index=int(z)), self.spatial_shape)
-        target = _pad_to(regions_from_label(self.data.label(sid, index=int(z))), self.spatial_shape)
+        image = pad_to(self.data.image(sid, index=int(z)), self.spatial_shape)
+        target = pad_to(regions_from_label(self.data.label(sid, index=int(z))), self.spatial_shape)
         if self.augment:
             image, target = _augment(rng, image, target, axes=(1, 2))
         return _to_tensors(image, target)
