@@ -429,7 +429,7 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_losing_trials(
     assert "left running by a dead worker" in rerun.stderr
     study = _load(out)
     done = {t.number: t.values for t in _states(study, TrialState.COMPLETE)}
-    assert len(done) == 3
+    assert len(done) == 3, rerun.stderr[-3000:]
     assert {n: done[n] for n in before} == before  # no finished trial lost or changed
     killed = study.trials[victim.number]
     assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["error"]
