@@ -30,18 +30,18 @@ from unet.train import fit
 
 REFERENCE_RECIPES = {
     "a: structured 0.5 + ft": Recipe(
-        prune="structured", ratio=0.5, round_to=8, finetune_steps=300, threshold="per-region"
+        prune="structured", ratio=0.5, round_to=8, finetune_steps=200, threshold="per-region"
     ),
     "b: structured 0.5 + ft + int8": Recipe(
         prune="structured",
         ratio=0.5,
         round_to=8,
-        finetune_steps=300,
+        finetune_steps=200,
         precision="int8",
         threshold="per-region",
     ),
     "c: unstructured 0.9 + ft": Recipe(
-        prune="unstructured", ratio=0.9, finetune_steps=300, threshold="per-region"
+        prune="unstructured", ratio=0.9, finetune_steps=200, threshold="per-region"
     ),
 }
 
