@@ -1,7 +1,7 @@
 """Predict one subject with a checkpoint; write the prediction and an overlay PNG.
 
     python -m unet.predict --checkpoint runs/unet2d-small.pt --data runs/phantom.h5 \\
-        --subject s003 --out runs/s003-pred.h5 --overlay runs/s003.png
+        --subject phantom_003 --out runs/phantom_003-pred.h5 --overlay runs/phantom_003.png
 
 ``pred.h5`` holds ``probabilities`` (float32, (3, D, H, W), WT/TC/ET), ``regions`` (uint8 0/1,
 same shape) and ``label`` (uint8 (D, H, W) BraTS values 0/1/2/4), plus the threshold used
