@@ -45,6 +45,13 @@ def as_thresholds(threshold: float | dict[str, float] | None) -> dict[str, float
     return dict.fromkeys(REGIONS, float(threshold))
 
 
+def binarize(probs: np.ndarray, threshold: float | dict[str, float] | None) -> np.ndarray:
+    """Bool region maps (3, ...): ``probs > threshold`` per region (WT, TC, ET)."""
+    t = as_thresholds(threshold)
+    cut = np.array([t[r] for r in REGIONS], dtype=np.float32)
+    return probs > cut.reshape(3, *([1] * (probs.ndim - 1)))
+
+
 def _subjects(data: CanonicalDataset, split_or_subjects: str | Sequence[str]) -> list[str]:
     if isinstance(split_or_subjects, str):
         return data.split(split_or_subjects)
@@ -87,12 +94,9 @@ def evaluate_probabilities(
 ) -> dict[str, Any]:
     """Binarise each volume with the threshold(s) and compute per-subject and mean metrics."""
     t = as_thresholds(threshold)
-    cut = np.array([t[r] for r in REGIONS], dtype=np.float32)
     per_subject = []
     for sid, probs, target in items:
-        m = region_metrics(
-            probs > cut.reshape(3, *([1] * (probs.ndim - 1))), target, with_hd95=hd95
-        )
+        m = region_metrics(binarize(probs, t), target, with_hd95=hd95)
         per_subject.append({"subject": sid, **m})
     return {"per_subject": per_subject, "mean": mean_metrics(per_subject), "threshold": t}
 

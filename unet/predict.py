@@ -21,13 +21,12 @@ import numpy as np
 
 from unet.checkpoint import CheckpointError, load_checkpoint
 from unet.data.canonical import (
-    REGIONS,
     CanonicalDataset,
     DataError,
     label_from_regions,
     regions_from_label,
 )
-from unet.evaluate import as_thresholds
+from unet.evaluate import as_thresholds, binarize
 from unet.inference import DEFAULT_PATCH_3D, predict_volume, torch_forward
 from unet.io import atomic_path
 from unet.overlay import save_overlay
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_forward(model, args.device), image, cfg.spatial_dims, cfg.divisor, patch_size=patch
     )
     t = as_thresholds(args.threshold if args.threshold is not None else meta.get("threshold"))
-    regions = probs > np.array([t[r] for r in REGIONS], dtype=np.float32).reshape(3, 1, 1, 1)
+    regions = binarize(probs, t)
     with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("probabilities", data=probs, compression="gzip")
         f.create_dataset("regions", data=regions.astype(np.uint8), compression="gzip")
