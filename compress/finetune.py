@@ -15,7 +15,7 @@ from pathlib import Path
 from compress.prune_unstructured import apply_masks, sparsity_masks
 from unet.data.canonical import CanonicalDataset
 from unet.models import UNet
-from unet.train import fit
+from unet.train_loop import fit
 
 
 def finetune(

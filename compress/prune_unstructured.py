@@ -18,7 +18,7 @@ Fine-tuning keeps the zeros by re-applying the masks after every optimizer step:
 
     import functools
     from compress.prune_unstructured import apply_masks, prune_unstructured, sparsity_masks
-    from unet.train import fit
+    from unet.train_loop import fit
 
     prune_unstructured(model, 0.9)
     masks = sparsity_masks(model)

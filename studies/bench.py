@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
-from compress.apply import compress_checkpoint, measure_baseline, ratios
+from compress.apply import ratios
+from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
 from unet import zoo
 from unet.io import write_text_atomic
-from unet.train import fit
+from unet.train_loop import fit
 
 REFERENCE_RECIPES = {
     "a: structured 0.5 + ft": Recipe(

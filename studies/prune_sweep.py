@@ -223,7 +223,7 @@ def objective_values(metrics: dict[str, Any]) -> tuple[float, float, float]:
 
 def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float]:
     """The objective: compress the baseline with a sampled recipe, measure it on val."""
-    from compress.apply import compress_checkpoint
+    from compress.pipeline import compress_checkpoint
 
     trial.set_user_attr(WORKER_ATTR, worker_identity())
     fail_dead_trials(trial.study)
@@ -414,7 +414,7 @@ def prepare_study(
 
     A stored study made with another data file or baseline is refused (``ValueError``).
     """
-    from compress.apply import compress_checkpoint
+    from compress.pipeline import compress_checkpoint
     from studies.machine import machine_info
     from unet.checkpoint import load_checkpoint
     from unet.data.canonical import CanonicalDataset

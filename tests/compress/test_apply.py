@@ -9,13 +9,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compress.apply import compress_checkpoint, format_table, main, measure_baseline, ratios
+from compress.apply import format_table, main, ratios
+from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.prune import conv_sparsity
 from compress.recipe import Recipe
 from unet import load_checkpoint, save_checkpoint, zoo
 from unet.data.canonical import CanonicalDataset
 from unet.evaluate import evaluate_model
-from unet.train import fit
+from unet.train_loop import fit
 
 M_KEYS = {
     "params",

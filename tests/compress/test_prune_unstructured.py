@@ -93,7 +93,7 @@ def test_masks_keep_zeros_during_training():
 
 
 def test_finetune_with_fit_keeps_sparsity(blob_data):
-    from unet.train import fit
+    from unet.train_loop import fit
 
     model = _seeded("unet2d-tiny")
     prune_unstructured(model, 0.6)

@@ -17,7 +17,7 @@ from unet import zoo
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import sample_inputs
 from unet.evaluate import evaluate_model
-from unet.train import fit
+from unet.train_loop import fit
 
 
 def _ops(path: Path) -> collections.Counter:
@@ -116,7 +116,10 @@ def test_groupnorm_model_quantizes(tmp_path: Path) -> None:
     int8 = quantize_int8(fp32, tmp_path / "int8.onnx", _random_inputs(4, (16, 16)))
     assert _ops(int8)["DequantizeLinear"] > 0
     err = logit_error(fp32, int8, _random_inputs(2, (16, 16), seed=1))
-    assert err.mean_abs < 0.2 * err.reference_mean_abs, err
+    # Random weights, 4 calibration inputs: int8 tracks fp32 but not tightly (ORT 1.31: 0.19x the
+    # mean |logit|, 1.32: 0.23x); a broken quantization gives ~1x and ~50% sign agreement.
+    assert err.mean_abs < 0.3 * err.reference_mean_abs, err
+    assert err.sign_agreement > 0.85, err
 
 
 def test_reader_feeds_every_sample_once() -> None:

@@ -9,7 +9,7 @@ from compress.pairs import blocks
 from compress.sensitivity import pair_sensitivity, val_dice_mean
 from unet import zoo
 from unet.models import count_params
-from unet.train import fit
+from unet.train_loop import fit
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ def test_bad_input_is_one_clear_error_before_any_work(
 @pytest.fixture
 def fake_compress(monkeypatch: pytest.MonkeyPatch, make_metrics: Any) -> dict[str, Any]:
     """Replace the expensive compressor: deterministic metrics from the recipe; can fail."""
-    import compress.apply
+    import compress.pipeline
 
     state: dict[str, Any] = {"calls": 0, "baseline_calls": 0, "fail_on": set()}
 
@@ -206,7 +206,7 @@ def fake_compress(monkeypatch: pytest.MonkeyPatch, make_metrics: Any) -> dict[st
         (out / "metrics.json").write_text(json.dumps(result))
         return result  # fmt: skip
 
-    monkeypatch.setattr(compress.apply, "compress_checkpoint", fake)
+    monkeypatch.setattr(compress.pipeline, "compress_checkpoint", fake)
     return state
 
 
@@ -397,7 +397,7 @@ def test_sigkill_mid_trial_then_rerun_finishes_without_losing_trials(
     # first run: the same command, but every trial starts with a 3 s pause, so that a trial
     # seen running has certainly not finished when the kill arrives
     slow = (
-        "import sys, time; import compress.apply as a; real = a.compress_checkpoint\n"
+        "import sys, time; import compress.pipeline as a; real = a.compress_checkpoint\n"
         "def slow(*args, **kw):\n    time.sleep(3)\n    return real(*args, **kw)\n"
         "a.compress_checkpoint = slow\n"
         "from studies.prune_sweep import main; raise SystemExit(main(sys.argv[1:]))"

@@ -22,17 +22,8 @@ from unet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from unet.data.canonical import CanonicalDataset, CanonicalWriter
 from unet.evaluate import evaluate_model
 from unet.phantom import PhantomConfig, write_phantom
-from unet.train import (
-    TrainConfig,
-    TrainConfigError,
-    fit,
-    main,
-    rng_state,
-    run_paths,
-    set_rng_state,
-    train,
-    warmup_cosine,
-)
+from unet.train import TrainConfig, TrainConfigError, main, run_paths, train
+from unet.train_loop import fit, rng_state, set_rng_state, warmup_cosine
 
 SHAPE = (8, 32, 32)
 

@@ -1,0 +1,257 @@
+"""The compression pipeline: one recipe applied to a trained checkpoint, artifacts and numbers.
+
+    from compress.pipeline import compress_checkpoint
+    result = compress_checkpoint("runs/unet2d-small.pt", "runs/phantom.h5", recipe, "runs/s50")
+
+The command line is `compress.apply`:
+
+    python -m compress.apply --checkpoint runs/unet2d-small.pt --data runs/phantom.h5 \\
+        --out runs/s50-int8 --prune structured --ratio 0.5 --round-to 8 \\
+        --finetune-steps 200 --precision int8 --threshold per-region
+
+or ``--recipe recipe.json``. Steps: prune -> fine-tune (training split) -> export + cast
+(int8 calibrated on training-split inputs) -> threshold search (validation split) -> measure.
+The test split is never read here. Writes into ``--out``:
+
+* ``model.onnx``: the deployable ONNX model (fp32 / fp16 / int8 QDQ; for ``bf16`` the fp32 ONNX,
+  since ONNX Runtime's CPU provider has no bf16 convolutions: the bf16 artifact is the checkpoint);
+* ``checkpoint.pt``: importable with ``unet.load_checkpoint`` (pruned widths, stored threshold,
+  recipe, metrics; sparse storage after unstructured pruning; fp16/bf16 weights for those precisions);
+* ``recipe.json`` and ``metrics.json`` = ``{"baseline": M, "compressed": M, ...}`` where each M has
+  ``params``, ``macs``, ``size_bytes``, ``size_compressed_bytes``, ``latency_ms``
+  (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold`` and ``val_dice``.
+
+``size_bytes`` is the size of the deployable artifact (``model.onnx``; ``checkpoint.pt`` for bf16);
+``size_compressed_bytes`` its zlib-6 size, which is what unstructured sparsity can save.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from compress.cast import cast_forward, cast_module, onnx_to_fp16
+from compress.export import check_parity, export_onnx, ort_forward, ort_session
+from compress.finetune import finetune
+from compress.measure import measure
+from compress.prune import prune_pairs, prune_structured, prune_unstructured
+from compress.quantize import quantize_int8
+from compress.recipe import Recipe
+from compress.threshold import search_thresholds
+from unet.checkpoint import load_checkpoint, save_checkpoint
+from unet.data.canonical import CanonicalDataset
+from unet.data.datasets import sample_inputs
+from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabilities
+from unet.inference import DEFAULT_PATCH_3D, Forward, round_up
+from unet.io import write_text_atomic
+from unet.models import UNet
+
+
+def _as_data(data: CanonicalDataset | str | Path) -> CanonicalDataset:
+    return data if isinstance(data, CanonicalDataset) else CanonicalDataset(data)
+
+
+def measure_spatial(model: UNet, data: CanonicalDataset, meta: dict[str, Any]) -> tuple[int, ...]:
+    """Input size for MACs and latency: one axial slice (2D) or one inference window (3D)."""
+    cfg = model.config
+    d, h, w = data.shape(data.split("val")[0])
+    sizes = (h, w) if cfg.spatial_dims == 2 else tuple(meta.get("patch_size") or DEFAULT_PATCH_3D)
+    return tuple(round_up(s, cfg.divisor) for s in sizes)
+
+
+def prune_model(model: UNet, recipe: Recipe) -> UNet:
+    """Step 1: the recipe's pruning, returning a plain `UNet` (a new one if structure changed)."""
+    if recipe.prune == "unstructured":
+        return prune_unstructured(model, recipe.ratio)
+    if recipe.prune == "structured":
+        return prune_structured(model, recipe.ratio, round_to=recipe.round_to)
+    if recipe.prune == "pairs":
+        return prune_pairs(model, recipe.level_ratios, round_to=recipe.round_to)
+    return model
+
+
+def _val_dice_and_threshold(
+    forward: Forward,
+    model: UNet,
+    data: CanonicalDataset,
+    mode: str,
+    fixed: dict[str, float] | None,
+    patch_size: Any,
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any] | None]:
+    cfg = model.config
+    items = collect_probabilities(
+        forward, data, data.split("val"), cfg.spatial_dims, cfg.divisor, patch_size
+    )
+    if mode == "fixed":
+        threshold = as_thresholds(fixed)
+        val = evaluate_probabilities(items, threshold, hd95=False)["mean"]["dice"]
+        return threshold, val, None
+    result = search_thresholds(items, mode=mode)
+    return dict(result.thresholds), dict(result.val_dice), result.to_dict()
+
+
+def _metrics(
+    model: UNet,
+    spatial: tuple[int, ...],
+    onnx_path: Path,
+    artifact: Path,
+    threads: int,
+    runs: int,
+    device: str,
+) -> dict[str, Any]:
+    backends = ("ort_cpu", "torch_cpu") + (("torch_cuda",) if device.startswith("cuda") else ())
+    return measure(
+        model,
+        spatial,
+        onnx_path=onnx_path,
+        artifact=artifact,
+        threads=threads,
+        runs=runs,
+        backends=backends,
+    ).to_dict()
+
+
+def measure_baseline(
+    baseline: str | Path,
+    data: CanonicalDataset | str | Path,
+    *,
+    threads: int = 2,
+    latency_runs: int = 20,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The baseline's M (see module docstring): exported to a temporary fp32 ONNX, its stored threshold."""
+    model, meta = load_checkpoint(baseline)
+    data = _as_data(data)
+    spatial = measure_spatial(model, data, meta)
+    with tempfile.TemporaryDirectory(prefix="unet-compress-") as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx")
+        forward = ort_forward(ort_session(onnx_path, threads=threads))
+        threshold, val, _ = _val_dice_and_threshold(
+            forward, model, data, "fixed", meta.get("threshold"), meta.get("patch_size")
+        )
+        m = _metrics(model, spatial, onnx_path, onnx_path, threads, latency_runs, device)
+    return {**m, "threshold": threshold, "val_dice": val}
+
+
+def compress_checkpoint(
+    baseline: str | Path,
+    data: CanonicalDataset | str | Path,
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    threads: int = 2,
+    latency_runs: int = 20,
+    device: str = "cpu",
+    baseline_metrics: dict[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``recipe`` on the ``baseline`` checkpoint; write artifacts into ``out_dir``; return metrics.
+
+    ``baseline_metrics`` reuses an earlier `measure_baseline` result (the sweep measures it once).
+    Only the training split (fine-tune, int8 calibration) and validation split (threshold,
+    ``val_dice``) are read.
+    """
+    data = _as_data(data)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, meta = load_checkpoint(baseline)
+    patch_size = meta.get("patch_size")
+    spatial = measure_spatial(model, data, meta)
+    if baseline_metrics is None:
+        baseline_metrics = measure_baseline(
+            baseline, data, threads=threads, latency_runs=latency_runs, device=device
+        )
+
+    model = prune_model(model, recipe)
+    model = finetune(
+        model,
+        data,
+        recipe.finetune_steps,
+        lr=recipe.finetune_lr,
+        keep_zeros=recipe.prune == "unstructured",
+        patch_size=patch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+    ).cpu()
+    cfg = model.config
+
+    onnx_path = out / "model.onnx"
+    with tempfile.TemporaryDirectory(prefix="unet-compress-", dir=out) as tmp:
+        fp32_onnx = export_onnx(model, Path(tmp) / "fp32.onnx")
+        check_parity(
+            model,
+            fp32_onnx,
+            sample_inputs(
+                data, "train", 1, cfg.spatial_dims, patch_size, seed, divisor=cfg.divisor
+            ),
+        )
+        if recipe.precision == "int8":
+            calibration = sample_inputs(
+                data,
+                "train",
+                recipe.calibration_samples,
+                cfg.spatial_dims,
+                patch_size,
+                seed,
+                divisor=cfg.divisor,
+            )
+            quantize_int8(fp32_onnx, onnx_path, calibration, recipe.calibration)
+        elif recipe.precision == "fp16":
+            onnx_to_fp16(fp32_onnx, onnx_path)
+        else:
+            shutil.copyfile(fp32_onnx, Path(tmp) / "copy.onnx")
+            Path(tmp, "copy.onnx").replace(onnx_path)
+
+    if recipe.precision == "bf16":
+        cast_module(model, "bf16")
+        forward = cast_forward(model)
+    else:
+        forward = ort_forward(ort_session(onnx_path, threads=threads))
+    threshold, val, threshold_info = _val_dice_and_threshold(
+        forward, model, data, recipe.threshold, meta.get("threshold"), patch_size
+    )
+
+    checkpoint_path = out / "checkpoint.pt"
+    ckpt_meta = {
+        **{k: v for k, v in meta.items() if k not in ("metrics", "recipe", "threshold")},
+        "threshold": threshold,
+        "recipe": recipe.to_dict(),
+        "baseline": str(baseline),
+        "data_fingerprint": data.fingerprint,
+        "precision": recipe.precision,
+        "metrics": {"val_dice": val},
+    }
+    half = recipe.precision in ("fp16", "bf16")
+    with warnings.catch_warnings():  # fp16 here is for storage, not for CPU compute
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stored = cast_module(model, recipe.precision) if half else model
+    save_checkpoint(checkpoint_path, stored, ckpt_meta, sparse=recipe.prune == "unstructured")
+    # torch CPU latency in the deployed dtype, except fp16: emulated on CPUs (~70x slower), so the
+    # fp32 module is timed instead and metrics.json says so
+    if recipe.precision == "fp16":
+        model.float()
+    artifact = checkpoint_path if recipe.precision == "bf16" else onnx_path
+    compressed = _metrics(model, spatial, onnx_path, artifact, threads, latency_runs, device)
+    compressed.update(
+        threshold=threshold, val_dice=val, torch_dtype=str(next(model.parameters()).dtype)
+    )
+    model.float()
+    result = {
+        "baseline": baseline_metrics,
+        "compressed": compressed,
+        "recipe": recipe.to_dict(),
+        "recipe_label": recipe.label,
+        "artifact": artifact.name,
+        "threshold_mode": recipe.threshold,
+        "threshold_curve": (threshold_info or {}).get("curve"),
+        "data_fingerprint": data.fingerprint,
+    }
+    write_text_atomic(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
+    return result
