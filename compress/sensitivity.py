@@ -64,7 +64,7 @@ def pair_sensitivity(
     baseline = val_dice_mean(model, data, threshold, patch_size)
     jobs = [(pair, a) for pair in blocks(model.config) for a in amounts]
     rows = []
-    for pair, amount in tqdm(jobs, desc="pair sensitivity", disable=not progress):
+    for pair, amount in tqdm(jobs, desc="pair sensitivity", disable=None if progress else True):
         pruned = prune_block(model, pair, amount)
         dice = val_dice_mean(pruned, data, threshold, patch_size)
         rows.append(

@@ -19,9 +19,11 @@ What a sweep (`studies.prune_sweep`) stores, and this module reads:
   thresholds searched on val, `baseline_model`), ``baseline_as_trained``, ``machine``;
 * trial user attributes: ``recipe`` (`compress.recipe.Recipe.to_dict`), ``label``,
   ``trial_dir`` (``<study folder>/trials/<number>``), ``metrics`` (the compressed model's
-  measurements, as in ``metrics.json``), ``dice_drop``, ``worker``; ``error`` for failed trials;
+  measurements, as in ``metrics.json``), ``dice_drop`` (val mean-Dice loss), ``dice_drop_bound``
+  (the loss at the lower end of its paired 95% CI), ``paired_val`` (`unet.stats.paired_comparison`
+  over the val subjects), ``worker``; ``error`` for failed trials;
 * trial values: (val mean Dice, deployable size in bytes, ONNX Runtime CPU median latency in ms);
-  the constraint ``dice_drop`` (feasible when the val Dice loss vs the baseline <= the limit).
+  the constraint ``dice_drop`` (feasible when ``dice_drop_bound`` <= ``--max-dice-drop``).
 """
 
 from __future__ import annotations

@@ -16,8 +16,6 @@ trials only): the test split never influences which models are reported.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -28,32 +26,13 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.pareto import TrialModel, baseline_model, load_study, sweep_info, trial_models
+from studies.report_format import markdown_table, rows_csv, summary_line
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.io import write_text_atomic
+from unet.stats import DEFAULT_MARGIN, DEFAULT_REGION_MARGIN, paired_comparison
 
-MAX_DICE_LOSS = 0.01  # "one point" of mean Dice on test, for the summary line
 _R = (*REGIONS, "mean")
-COLUMNS = (
-    "trial",
-    "recipe",
-    "params",
-    "nonzero_params",
-    "macs",
-    "size_bytes",
-    "size_compressed_bytes",
-    "compression_factor",
-    "compression_factor_compressed",
-    "latency_ms_ort",
-    "latency_iqr_ms_ort",
-    "speedup_ort",
-    "latency_ms_torch",
-    "speedup_torch",
-    *(f"threshold_{r}" for r in REGIONS),
-    *(f"val_dice_{r}" for r in _R),
-    *(f"test_dice_{r}" for r in _R),
-    *(f"test_hd95_{r}" for r in _R),
-    "artifact",
-)
+PER_SUBJECT = "_test_per_subject"  # in-memory only: the rows' per-subject test Dice
 
 
 def evaluate_test(
@@ -138,6 +117,7 @@ def model_row(
         forward, config.spatial_dims, config.divisor, data, model.threshold, patch_size=patch
     )
     row = _row(str(model.number), model.label, model.metrics, base, test["mean"])
+    row[PER_SUBJECT] = test["per_subject"]
     row["artifact"] = str(model.artifact_path)
     row["recipe_dict"] = model.recipe  # pareto.json only: the exact recipe to rebuild it
     return row
@@ -161,8 +141,11 @@ def build_rows(
     data: str | Path | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    margin: float = DEFAULT_MARGIN,
+    region_margin: float = DEFAULT_REGION_MARGIN,
 ) -> list[dict[str, Any]]:
-    """Baseline row, then one row per Pareto model (best val mean Dice first).
+    """Baseline row, then one row per Pareto model (best val mean Dice first), each compared
+    paired with the baseline over the test subjects (`add_paired_columns`).
 
     A Pareto model whose folder is not on this machine (another worker host) is left out with
     a warning on stderr.
@@ -182,68 +165,32 @@ def build_rows(
         for m in pareto
         if m.number not in missing
     ]
+    add_paired_columns(rows, margin=margin, region_margin=region_margin)
     return rows
 
 
-def summary_line(rows: Sequence[dict[str, Any]], max_loss: float = MAX_DICE_LOSS) -> str:
-    """Best compression factor and ORT speed-up among models within ``max_loss`` test Dice."""
-    base = rows[0]["test_dice_mean"]
-    ok = [r for r in rows[1:] if base - r["test_dice_mean"] <= max_loss]
-    points = "1 point" if max_loss == 0.01 else f"{100 * max_loss:g} points"
-    if not ok:
-        return (
-            f"No Pareto model stays within {points} of the baseline's test mean Dice ({base:.4f})."
+def add_paired_columns(
+    rows: list[dict[str, Any]],
+    *,
+    margin: float = DEFAULT_MARGIN,
+    region_margin: float = DEFAULT_REGION_MARGIN,
+) -> None:
+    """Paired test comparison of every Pareto row with the baseline row (``rows[0]``), in place:
+    ``test_dice_delta`` (+ ``_lo``/``_hi``: the 95% bootstrap CI) for the mean and per region
+    (``test_dice_delta_WT``, ...) and ``non_inferior`` (`unet.stats.paired_comparison`). The
+    per-subject test results are dropped from the rows afterwards."""
+    base = rows[0]
+    reference = base.pop(PER_SUBJECT)
+    base.update(margin=margin, region_margin=region_margin, n_test_subjects=len(reference))
+    for row in rows[1:]:
+        cmp = paired_comparison(
+            row.pop(PER_SUBJECT), reference, margin=margin, region_margin=region_margin
         )
-    size = max(ok, key=lambda r: r["compression_factor"])
-    speed = max(ok, key=lambda r: r["speedup_ort"])
-    return (
-        f"Best at <= {points} of mean-Dice loss on test (baseline {base:.4f}): "
-        f"**{size['compression_factor']:.1f}x smaller** (trial {size['trial']}, {size['recipe']}, "
-        f"test Dice {size['test_dice_mean']:.4f}) and an ONNX Runtime speed-up of "
-        f"**{speed['speedup_ort']:.2f}x** (trial {speed['trial']}, {speed['recipe']}, test Dice "
-        f"{speed['test_dice_mean']:.4f})."
-    )
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def rows_csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow([_fmt(row.get(c)) for c in COLUMNS])
-    return buf.getvalue()
-
-
-def _markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    def mb(n: float) -> str:
-        return f"{n / 1e6:.3f}"
-
-    def opt(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    header = (
-        "| trial | recipe | params | size MB | zlib MB | factor | ORT ms | ORT x | torch ms "
-        "| torch x | val Dice | test Dice WT | TC | ET | mean | test HD95 mean |"
-    )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['trial']} | {r['recipe']} | {r['params']:,} | {mb(r['size_bytes'])} "
-            f"| {mb(r['size_compressed_bytes'])} | {r['compression_factor']:.2f} "
-            f"| {r['latency_ms_ort']:.2f} | {r['speedup_ort']:.2f} "
-            f"| {opt(r['latency_ms_torch'], '.2f')} | {opt(r['speedup_torch'], '.2f')} "
-            f"| {r['val_dice_mean']:.4f} | {r['test_dice_WT']:.4f} | {r['test_dice_TC']:.4f} "
-            f"| {r['test_dice_ET']:.4f} | {r['test_dice_mean']:.4f} | {r['test_hd95_mean']:.2f} |"
-        )
-    return "\n".join(lines)
+        for key in _R:
+            name = "test_dice_delta" if key == "mean" else f"test_dice_delta_{key}"
+            lo, hi = cmp.ci95[key]
+            row.update({name: cmp.dice_delta[key], f"{name}_lo": lo, f"{name}_hi": hi})
+        row["non_inferior"] = cmp.non_inferior
 
 
 def report_markdown(
@@ -269,14 +216,19 @@ def report_markdown(
 {summary_line(rows)}
 
 The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: val
-mean Dice, deployable size, ONNX Runtime CPU median latency at batch 1; feasible = val mean-Dice
-loss vs the baseline <= {info["max_dice_drop"]}). Each model was then evaluated once on the
-**test** split with its stored threshold(s) (Dice and HD95 per subject volume, averaged).
+mean Dice, deployable size, ONNX Runtime CPU median latency at batch 1; feasible = the paired
+95% CI of the val mean-Dice delta vs the baseline stays above -{info["max_dice_drop"]}). Each
+model was then evaluated once on the **test** split with its stored threshold(s) (Dice and HD95
+per subject volume) and compared **paired** with the baseline over the same
+{rows[0].get("n_test_subjects", "?")} test subjects: *test delta* is the mean over subjects of
+(model - baseline) Dice with its 95% bootstrap CI; *non-inferior* means the mean's CI lower bound
+is above -{rows[0].get("margin", 0.01):g} and every region's (WT, TC, ET) above
+-{rows[0].get("region_margin", 0.03):g} (*worst region lo*: the lowest region lower bound).
 The baseline row is the trained model as dense fp32 ONNX with its thresholds searched on val per
 region, exactly like every trial's (as trained, with its stored threshold: val mean Dice
 {as_trained}).
 
-{_markdown_table(rows)}
+{markdown_table(rows)}
 
 *factor*: baseline size / size (deployable artifact); *ORT x*, *torch x*: latency speed-up vs
 the baseline (median of {info["latency_runs"]} timed runs, batch 1, {info["threads"]} thread(s));
@@ -304,13 +256,23 @@ def write_report(
     data: str | Path | None = None,
     threads: int | None = None,
     device: str = "cpu",
+    margin: float = DEFAULT_MARGIN,
+    region_margin: float = DEFAULT_REGION_MARGIN,
 ) -> list[Path]:
     """Evaluate the Pareto set on test; write ``report.md``, ``pareto.csv``, ``pareto.json``.
 
-    ``data``: the canonical file if it moved (default: the path stored in the study).
+    ``data``: the canonical file if it moved (default: the path stored in the study);
+    ``margin`` / ``region_margin``: non-inferiority margins of the paired test comparison.
     """
     out = Path(out_dir)
-    rows = build_rows(study, data=data, threads=threads, device=device)
+    rows = build_rows(
+        study,
+        data=data,
+        threads=threads,
+        device=device,
+        margin=margin,
+        region_margin=region_margin,
+    )
     paths = [out / "report.md", out / "pareto.csv", out / "pareto.json"]
     write_text_atomic(paths[0], report_markdown(study, rows, data))
     write_text_atomic(paths[1], rows_csv(rows))
@@ -338,7 +300,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="data file (default: the stored path)")
     parser.add_argument("--threads", type=int, default=None, help="default: the sweep's")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="non-inferiority margin of the test mean Dice (Dice units)",
+    )
+    parser.add_argument(
+        "--region-margin",
+        type=float,
+        default=DEFAULT_REGION_MARGIN,
+        help="non-inferiority margin of every region's test Dice (Dice units)",
+    )
     args = parser.parse_args(argv)
+    if not (args.margin >= 0 and args.region_margin >= 0):
+        parser.error(
+            f"--margin and --region-margin must be >= 0, got {args.margin}, {args.region_margin}"
+        )
     try:
         study = load_study(args.storage, args.study)
         info = sweep_info(study)
@@ -351,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data=args.data,
             threads=args.threads or info["threads"],
             device=args.device,
+            margin=args.margin,
+            region_margin=args.region_margin,
         )
     except (ValueError, OSError) as exc:
         parser.error(str(exc))

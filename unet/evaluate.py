@@ -80,7 +80,7 @@ def collect_probabilities(
     if spatial_dims == 3 and patch_size is None:
         patch_size = DEFAULT_PATCH_3D
     items: list[Item] = []
-    for sid in tqdm(subjects, desc="predict", disable=not progress, leave=False):
+    for sid in tqdm(subjects, desc="predict", disable=None if progress else True, leave=False):
         probs = predict_volume(
             forward, data.image(sid), spatial_dims, divisor, patch_size=patch_size
         )

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from unet.data.canonical import (
     MODALITIES,
@@ -472,13 +473,11 @@ def write_phantom(path: str | Path, cfg: PhantomConfig, *, progress: bool = Fals
         split_seed=cfg.split_seed,
         attrs=phantom_attrs(cfg),
     ) as writer:
-        for i in range(cfg.subjects):
+        for i in tqdm(
+            range(cfg.subjects), desc="phantom", unit="subject", disable=None if progress else True
+        ):
             image, label = generate_subject(cfg, i)
             writer.add(subject_id(i), image, label, origin=f"phantom subject {i}")
-            if progress:
-                print(f"\r{i + 1}/{cfg.subjects} subjects", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
     return Path(path)
 
 

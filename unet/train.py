@@ -202,7 +202,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     losses: list[float] = []
     postfix = {"loss": "-", "val_dice": "-"}
     t_log = time.perf_counter()
-    with tqdm(total=cfg.steps, initial=start_step, desc=cfg.model, disable=not cfg.progress) as bar:
+    with tqdm(
+        total=cfg.steps, initial=start_step, desc=cfg.model, disable=None if cfg.progress else True
+    ) as bar:
         while validate.stopped is None and loop.step < cfg.steps:
             losses.append(loop.train_step())
             bar.update()

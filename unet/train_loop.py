@@ -391,7 +391,7 @@ def fit(
         augment=augment,
         after_step=after_step,
     )
-    with tqdm(total=steps, desc="fit", disable=not progress, leave=False) as bar:
+    with tqdm(total=steps, desc="fit", disable=None if progress else True, leave=False) as bar:
         while loop.step < steps:
             bar.set_postfix(loss=f"{loop.train_step():.4f}", refresh=False)
             bar.update()

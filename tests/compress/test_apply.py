@@ -99,8 +99,16 @@ def test_structured_int8_recipe_end_to_end(
         n.op_type == "QuantizeLinear"
         for n in __import__("onnx").load(str(tmp_path / "model.onnx")).graph.node
     )
-    # split discipline: train + val only
+    # the paired val comparison: over the val subjects, deltas = differences of the means
     data = CanonicalDataset(blob_data)
+    paired = result["paired_val"]
+    assert paired["n_subjects"] == len(data.split("val")) == len(c["val_per_subject"])
+    for key in ("WT", "TC", "ET", "mean"):
+        delta = c["val_dice"][key] - b["val_dice"][key]
+        assert paired["dice_delta"][key] == pytest.approx(delta, abs=1e-9)
+        assert paired["ci95"][key][0] <= paired["dice_delta"][key] <= paired["ci95"][key][1]
+    assert "non-inferior at margins 0.01 (mean) / 0.03" in format_table(result)
+    # split discipline: train + val only
     assert not set(spy) & set(data.split("test"))
     assert set(data.split("val")) <= set(spy)
 

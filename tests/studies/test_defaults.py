@@ -25,14 +25,18 @@ def test_phantom_cached_by_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_baseline_trained_once_and_keyed_by_settings(
     blob_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(defaults, "BASELINE_STEPS", 4)
+    monkeypatch.setattr(defaults, "BASELINE_MAX_STEPS", 4)
     monkeypatch.setattr(defaults, "BASELINE_VAL_EVERY", 4)
     ckpt = defaults.ensure_baseline(tmp_path, "unet2d-tiny", blob_data)
     model, meta = load_checkpoint(ckpt)
     assert meta["train_config"]["steps"] == 4 and meta["model"] == "unet2d-tiny"
+    # converged by rule: early stopping on val with a cap, recorded; precision chosen by device
+    assert meta["stopping"]["patience"] == defaults.BASELINE_PATIENCE
+    assert meta["stopping"]["max_steps"] == 4 and meta["stopping"]["reason"] == "step cap"
+    assert meta["train_config"]["amp"] == "auto" and meta["amp"]["used"] in ("off", "bf16")
     assert ckpt.with_name(ckpt.stem + ".done.json").is_file()
     with monkeypatch.context() as m:
         m.setattr(defaults, "train", lambda cfg: pytest.fail("retrained"))
         assert defaults.ensure_baseline(tmp_path, "unet2d-tiny", blob_data) == ckpt
-    monkeypatch.setattr(defaults, "BASELINE_STEPS", 6)
+    monkeypatch.setattr(defaults, "BASELINE_MAX_STEPS", 6)
     assert defaults.ensure_baseline(tmp_path, "unet2d-tiny", blob_data) != ckpt

@@ -1,4 +1,4 @@
-"""The held-out report: row arithmetic, the summary line, the CSV columns."""
+"""The held-out report: row arithmetic, paired test columns, the summary line, the CSV columns."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import csv
 import io
 from typing import Any
 
+import numpy as np
 import pytest
 
-from studies.report import COLUMNS, _row, rows_csv, summary_line
+from studies.report import PER_SUBJECT, _row, add_paired_columns
+from studies.report_format import COLUMNS, markdown_table, rows_csv, summary_line
 from unet.data.canonical import REGIONS
 
 
@@ -35,38 +37,78 @@ def test_row_ratios_are_relative_to_the_baseline(make_metrics: Any) -> None:
     assert set(row) <= set(COLUMNS)
 
 
-def _rows(*items: tuple[str, float, float, float]) -> list[dict[str, Any]]:
-    """(trial, test Dice, compression factor, ORT speed-up) -> minimal report rows."""
+def _rows(*items: tuple[str, bool | None, float, float]) -> list[dict[str, Any]]:
+    """(trial, non-inferior, compression factor, ORT speed-up) -> minimal report rows."""
     return [
-        {"trial": t, "recipe": f"r{t}", "test_dice_mean": d, "compression_factor": c,
-         "speedup_ort": s}
-        for t, d, c, s in items
+        {"trial": t, "recipe": f"r{t}", "test_dice_mean": 0.85, "non_inferior": ni,
+         "compression_factor": c, "speedup_ort": s, "test_dice_delta": -0.002,
+         "test_dice_delta_lo": -0.008, "test_dice_delta_hi": 0.004}
+        for t, ni, c, s in items
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("rows", "smaller", "faster"),
     [
-        # trial 2 is 10x smaller but loses 2 points: not eligible
-        (_rows(("baseline", 0.85, 1, 1), ("1", 0.845, 4, 1.5), ("2", 0.83, 10, 3)), "1", "1"),
+        # trial 2 is 10x smaller but not non-inferior: not eligible
+        (_rows(("baseline", None, 1, 1), ("1", True, 4, 1.5), ("2", False, 10, 3)), "1", "1"),
         # the smallest and the fastest eligible models differ
-        (_rows(("baseline", 0.85, 1, 1), ("1", 0.86, 3, 2.5), ("2", 0.841, 5, 1.2)), "2", "1"),
+        (_rows(("baseline", None, 1, 1), ("1", True, 3, 2.5), ("2", True, 5, 1.2)), "2", "1"),
     ],
 )
-def test_summary_line_picks_the_best_within_one_point(
+def test_summary_line_picks_the_best_non_inferior(
     rows: list[dict[str, Any]], smaller: str, faster: str
 ) -> None:
     line = summary_line(rows)
-    size_part, speed_part = line.split(" and ")
+    size_part, speed_part = line.split(" and an ONNX")
     assert f"(trial {smaller}," in size_part and f"(trial {faster}," in speed_part
     best = {r["trial"]: r for r in rows}
     assert f"{best[smaller]['compression_factor']:.1f}x smaller" in size_part
     assert f"speed-up of **{best[faster]['speedup_ort']:.2f}x**" in speed_part
+    assert "non-inferior" in line and "[-0.0080, +0.0040]" in line
 
 
-def test_summary_line_when_nothing_is_within_one_point() -> None:
-    line = summary_line(_rows(("baseline", 0.85, 1, 1), ("1", 0.80, 4, 2)))
-    assert line.startswith("No Pareto model stays within 1 point")
+def test_summary_line_when_nothing_is_non_inferior() -> None:
+    line = summary_line(_rows(("baseline", None, 1, 1), ("1", False, 4, 2)))
+    assert line.startswith("No Pareto model is non-inferior to the baseline on test")
+
+
+def _subjects(dice: list[tuple[float, float, float]]) -> list[dict[str, Any]]:
+    return [
+        {"subject": f"s{i}", "dice": {"WT": w, "TC": c, "ET": e, "mean": (w + c + e) / 3}}
+        for i, (w, c, e) in enumerate(dice)
+    ]
+
+
+def test_paired_columns_judge_every_region(make_metrics: Any) -> None:
+    """Pareto model 1 keeps every region; model 2 keeps the mean but trades WT for TC."""
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0.7, 0.9, (24, 3))
+    base = make_metrics(4_000_000, 10.0, 0.9)
+    rows = [
+        _row("baseline", "baseline", base, base, _test(0.8)),
+        _row("1", "a", make_metrics(1_000_000, 5.0, 0.89), base, _test(0.8)),
+        _row("2", "b", make_metrics(500_000, 4.0, 0.89), base, _test(0.8)),
+    ]
+    rows[0][PER_SUBJECT] = _subjects(ref.tolist())
+    rows[1][PER_SUBJECT] = _subjects((ref + rng.normal(0, 0.002, ref.shape)).tolist())
+    rows[2][PER_SUBJECT] = _subjects((ref + [-0.1, 0.1, 0.0]).tolist())
+    add_paired_columns(rows)
+    assert all(PER_SUBJECT not in r for r in rows)
+    assert rows[0]["n_test_subjects"] == 24 and "non_inferior" not in rows[0]
+    assert rows[1]["non_inferior"] is True
+    assert rows[2]["non_inferior"] is False
+    assert rows[2]["test_dice_delta"] == pytest.approx(0.0, abs=1e-9)
+    assert rows[2]["test_dice_delta_WT"] == pytest.approx(-0.1)
+    assert rows[2]["test_dice_delta_WT_hi"] < -0.09
+    for r in rows[1:]:
+        assert r["test_dice_delta_lo"] <= r["test_dice_delta"] <= r["test_dice_delta_hi"]
+    table = markdown_table(rows)
+    assert "| reference | - | - |" in table and "| WT -0.1" in table
+    parsed = list(csv.DictReader(io.StringIO(rows_csv(rows))))
+    assert parsed[2]["non_inferior"] == "False" and parsed[0]["non_inferior"] == ""
+    assert float(parsed[2]["test_dice_delta_WT_lo"]) < -0.1 + 0.01
+    assert "trial 1" in summary_line(rows) and "trial 2" not in summary_line(rows)
 
 
 def test_csv_has_the_issue_columns_baseline_first(make_metrics: Any) -> None:
@@ -79,7 +121,9 @@ def test_csv_has_the_issue_columns_baseline_first(make_metrics: Any) -> None:
     required = {"trial", "recipe", "params", "size_bytes", "size_compressed_bytes",
                 "compression_factor", "latency_ms_ort", "speedup_ort", "latency_ms_torch",
                 "val_dice_mean", "test_dice_mean", "test_dice_WT", "test_dice_TC",
-                "test_dice_ET", "test_hd95_mean"}  # fmt: skip
+                "test_dice_ET", "test_hd95_mean", "test_dice_delta", "test_dice_delta_lo",
+                "test_dice_delta_hi", "test_dice_delta_WT_lo", "test_dice_delta_ET_hi",
+                "non_inferior"}  # fmt: skip
     assert required <= set(parsed[0])
     assert [r["trial"] for r in parsed] == ["baseline", "3"]
     assert float(parsed[1]["compression_factor"]) == pytest.approx(2.0)

@@ -1,0 +1,134 @@
+"""The report's tables and its summary line, from report rows (dicts of primitives).
+
+`studies.report` builds the rows (the Pareto set, chosen on val, evaluated on test and compared
+paired with the baseline); this module only formats them: ``pareto.csv`` (`rows_csv`), the
+Markdown table (`markdown_table`) and the one-line verdict (`summary_line`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from unet.data.canonical import REGIONS
+
+_R = (*REGIONS, "mean")
+# paired test comparison vs the baseline: the mean's delta and CI, then each region's
+PAIRED_COLUMNS = (
+    "test_dice_delta",
+    "test_dice_delta_lo",
+    "test_dice_delta_hi",
+    *(f"test_dice_delta_{r}{end}" for r in REGIONS for end in ("", "_lo", "_hi")),
+    "non_inferior",
+)
+COLUMNS = (
+    "trial",
+    "recipe",
+    "params",
+    "nonzero_params",
+    "macs",
+    "size_bytes",
+    "size_compressed_bytes",
+    "compression_factor",
+    "compression_factor_compressed",
+    "latency_ms_ort",
+    "latency_iqr_ms_ort",
+    "speedup_ort",
+    "latency_ms_torch",
+    "speedup_torch",
+    *(f"threshold_{r}" for r in REGIONS),
+    *(f"val_dice_{r}" for r in _R),
+    *(f"test_dice_{r}" for r in _R),
+    *(f"test_hd95_{r}" for r in _R),
+    *PAIRED_COLUMNS,
+    "artifact",
+)
+
+
+def summary_line(rows: Sequence[dict[str, Any]]) -> str:
+    """Best compression factor and ORT speed-up among the **non-inferior** Pareto models (paired
+    test comparison with the baseline: mean within its margin, every region within its own)."""
+    base = rows[0]
+    ok = [r for r in rows[1:] if r.get("non_inferior")]
+    margins = (
+        f"mean-Dice margin {base.get('margin', 0.01):g}, region margin "
+        f"{base.get('region_margin', 0.03):g}; paired 95% bootstrap CIs over "
+        f"{base.get('n_test_subjects', '?')} test subjects"
+    )
+    if not ok:
+        return (
+            f"No Pareto model is non-inferior to the baseline on test ({margins}; baseline test "
+            f"mean Dice {base['test_dice_mean']:.4f})."
+        )
+    size = max(ok, key=lambda r: r["compression_factor"])
+    speed = max(ok, key=lambda r: r["speedup_ort"])
+
+    def delta(r: dict[str, Any]) -> str:
+        return (
+            f"test Dice delta {r['test_dice_delta']:+.4f} "
+            f"[{r['test_dice_delta_lo']:+.4f}, {r['test_dice_delta_hi']:+.4f}]"
+        )
+
+    return (
+        f"Best among non-inferior Pareto models ({margins}): "
+        f"**{size['compression_factor']:.1f}x smaller** (trial {size['trial']}, {size['recipe']}, "
+        f"{delta(size)}) and an ONNX Runtime speed-up of **{speed['speedup_ort']:.2f}x** "
+        f"(trial {speed['trial']}, {speed['recipe']}, {delta(speed)})."
+    )
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def rows_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_fmt(row.get(c)) for c in COLUMNS])
+    return buf.getvalue()
+
+
+def paired_cells(row: dict[str, Any]) -> str:
+    """The paired columns of one Markdown row (reference: ``-``)."""
+    if row.get("non_inferior") is None:
+        return "reference | - | -"
+    worst = min(REGIONS, key=lambda r: row[f"test_dice_delta_{r}_lo"])
+    return (
+        f"{row['test_dice_delta']:+.4f} [{row['test_dice_delta_lo']:+.4f}, "
+        f"{row['test_dice_delta_hi']:+.4f}] | {worst} {row[f'test_dice_delta_{worst}_lo']:+.4f} "
+        f"| {'yes' if row['non_inferior'] else 'no'}"
+    )
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    def mb(n: float) -> str:
+        return f"{n / 1e6:.3f}"
+
+    def opt(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    header = (
+        "| trial | recipe | params | size MB | zlib MB | factor | ORT ms | ORT x | torch ms "
+        "| torch x | val Dice | test Dice WT | TC | ET | mean | test HD95 mean "
+        "| test delta mean [95% CI] | worst region lo | non-inferior |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['trial']} | {r['recipe']} | {r['params']:,} | {mb(r['size_bytes'])} "
+            f"| {mb(r['size_compressed_bytes'])} | {r['compression_factor']:.2f} "
+            f"| {r['latency_ms_ort']:.2f} | {r['speedup_ort']:.2f} "
+            f"| {opt(r['latency_ms_torch'], '.2f')} | {opt(r['speedup_torch'], '.2f')} "
+            f"| {r['val_dice_mean']:.4f} | {r['test_dice_WT']:.4f} | {r['test_dice_TC']:.4f} "
+            f"| {r['test_dice_ET']:.4f} | {r['test_dice_mean']:.4f} | {r['test_hd95_mean']:.2f} "
+            f"| {paired_cells(r)} |"
+        )
+    return "\n".join(lines)
