@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-
 from scipy.spatial import cKDTree
 
 from unet.metrics import HD95_EMPTY_MM, HD95_METHODS, dice, hd95, region_metrics
@@ -26,7 +25,10 @@ def _surface_points(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
 
 
 def _brute_hd95(
-    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...] | None = None, method: str = "max-directed"
+    a: np.ndarray,
+    b: np.ndarray,
+    spacing: tuple[float, ...] | None = None,
+    method: str = "max-directed",
 ) -> float:
     """Independent reference: nearest surface neighbours by KD-tree over voxel coordinates in mm."""
     spacing = spacing or (1.0,) * a.ndim
