@@ -36,12 +36,12 @@ _hits: Counter[str] = Counter()
 
 def parse_spec(spec: str) -> tuple[str, int]:
     """``"NAME[:N]"`` -> (NAME, N); `ValueError` naming the variable for a bad spec."""
-    name, _, count = spec.strip().partition(":")
+    name, colon, count = spec.strip().partition(":")
     if name not in POINTS:
         raise ValueError(
             f"{KILL_AT_ENV}={spec!r}: unknown kill point {name!r}; known: {', '.join(POINTS)}"
         )
-    if not count:
+    if not colon:
         return name, 1
     if not count.isdigit() or int(count) < 1:
         raise ValueError(f"{KILL_AT_ENV}={spec!r}: the count after ':' must be an integer >= 1")
