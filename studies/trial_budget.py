@@ -42,13 +42,13 @@ def counts(study: optuna.Study) -> tuple[int, int]:
 def wait_for_slot(study: optuna.Study, target: int, deadline: float | None = None) -> bool:
     """Wait until a trial may start: True, or False once ``target`` trials are complete or
     ``deadline`` (``time.monotonic()`` seconds) has passed."""
+    global _stood_back
     while True:
         fail_stale(study)
         complete, running = counts(study)
         if complete >= target or (deadline is not None and time.monotonic() >= deadline):
             return False
         if complete + running < target:
-            global _stood_back
             if _stood_back:  # break the symmetry of a race for the last slot
                 _stood_back = False
                 time.sleep(random.uniform(0.0, POLL_S))
@@ -63,12 +63,12 @@ def claim_slot(trial: optuna.Trial, target: int) -> None:
     A surplus trial that was a queued retry (`studies.storage.retry_once`) is queued again, so
     the retry is not lost if a slot opens later.
     """
+    global _stood_back
     study = trial.study
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
     taken = sum(t.number != trial.number for t in trials)
     if taken < target:
         return
-    global _stood_back
     _stood_back = True
     trial.set_user_attr(SURPLUS_ATTR, True)
     frozen = study._storage.get_trial(trial._trial_id)
