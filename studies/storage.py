@@ -23,7 +23,13 @@ A worker killed with SIGKILL leaves its trial ``RUNNING`` forever unless somethi
   for the grace period), for workers on the same host.
 
 Either way a failed stale trial is queued once more with the same parameters (`retry_once`), so
-a recipe is not dropped because its worker was killed.
+a recipe is not dropped because its worker was killed. (Optuna's
+``RetryHeartbeatStaleTrialCallback(max_retry=1)`` does the same for the heartbeat but copies the
+dead trial's user attributes into the retry, the dead worker's identity included, which the
+host check would then fail again before the new worker records itself.)
+
+Several workers opening a fresh database at once race to create Optuna's tables; `open_storage`
+retries that (`SCHEMA_ATTEMPTS`).
 """
 
 from __future__ import annotations
