@@ -57,9 +57,10 @@ later, on the test split, by the report.
 Workers: ``--workers N`` starts N processes that run the same loop on the same storage; they
 meet only in the storage. They stop when the study holds exactly ``--trials`` COMPLETE trials:
 a worker starts a trial only while the complete and running ones leave room, and a trial that
-lost the race for the last slot ends PRUNED before any work (`studies.trial_budget`). Re-running the same command resumes:
-finished trials count toward ``--trials``; trials left RUNNING by a killed worker are failed
-and queued once more (`studies.storage`). A trial that raises is recorded FAILED with its
+lost the race for the last slot ends PRUNED before any work (`studies.trial_budget`).
+Re-running the same command resumes: finished trials count toward ``--trials``; trials left
+RUNNING by a killed worker are failed and queued once more (`studies.storage`; a worker
+waiting for the last slots fails them too). A trial that raises is recorded FAILED with its
 error in the user attribute ``error`` and the study goes on.
 """
 
