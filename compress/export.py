@@ -43,6 +43,7 @@ from torch import nn
 
 from unet.inference import Forward
 from unet.io import atomic_path
+from unet.killpoints import killpoint
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -134,6 +135,7 @@ def export_onnx(
                         verbose=False,
                         **names,
                     )
+            killpoint("export.onnx")
             try:
                 onnx.checker.check_model(str(tmp), full_check=True)
             except onnx.checker.ValidationError as exc:

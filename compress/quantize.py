@@ -55,6 +55,7 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 
 from compress.export import ort_forward, ort_session
 from unet.io import atomic_path
+from unet.killpoints import killpoint
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -92,6 +93,7 @@ class ArrayCalibrationReader(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= len(self.samples):
             return None
+        killpoint("quantize.calibrate")
         batch = self.samples[self._next : self._next + self.batch_size]
         self._next += self.batch_size
         return {self.input_name: batch}

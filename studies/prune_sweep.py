@@ -55,10 +55,12 @@ for size) and TPE treats it as a bad region. Non-inferiority at the 1-point marg
 later, on the test split, by the report.
 
 Workers: ``--workers N`` starts N processes that run the same loop on the same storage; they
-meet only in the storage. Each stops when the study holds ``--trials`` COMPLETE trials (it may
-overshoot by up to N-1 trials that were already running). Re-running the same command resumes:
-finished trials count toward ``--trials``; trials left RUNNING by a killed worker are failed
-and queued once more (`studies.storage`). A trial that raises is recorded FAILED with its
+meet only in the storage. They stop when the study holds exactly ``--trials`` COMPLETE trials:
+a worker starts a trial only while the complete and running ones leave room, and a trial that
+lost the race for the last slot ends PRUNED before any work (`studies.trial_budget`).
+Re-running the same command resumes: finished trials count toward ``--trials``; trials left
+RUNNING by a killed worker are failed and queued once more (`studies.storage`; a worker
+waiting for the last slots fails them too). A trial that raises is recorded FAILED with its
 error in the user attribute ``error`` and the study goes on.
 """
 
@@ -95,6 +97,8 @@ from studies.storage import (
     open_storage,
     worker_identity,
 )
+from studies.trial_budget import SURPLUS_ATTR, claim_slot, wait_for_slot
+from unet.killpoints import killpoint
 
 PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 UNSTRUCTURED_RATIOS = (0.3, 0.95, 0.05)  # low, high, step: fraction of conv weights zeroed
@@ -230,6 +234,7 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float
 
     trial.set_user_attr(WORKER_ATTR, worker_identity())
     fail_dead_trials(trial.study)
+    claim_slot(trial, spec.trials)
     info = trial.study.user_attrs
     sweep = info["sweep"]
     recipe = suggest_recipe(
@@ -239,6 +244,7 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("label", recipe.label)
     trial.set_user_attr("trial_dir", str(trial_dir))
+    killpoint("sweep.trial")
     try:
         result = compress_checkpoint(
             spec.baseline,
@@ -303,13 +309,14 @@ class _StopOnFailures:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.failed = 0
+        self.stopped = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
             self.failed += 1
             if self.failed >= self.limit:
                 print(f"stopping this worker after {self.failed} failed trials", file=sys.stderr)
-                study.stop()
+                self.stopped = True
 
 
 class _Report:
@@ -319,6 +326,8 @@ class _Report:
         self.bar = bar
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(SURPLUS_ATTR):
+            return
         line = trial_summary(trial)
         if self.bar is None:
             print(line, flush=True)
@@ -329,7 +338,9 @@ class _Report:
 
 
 def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
-    """One worker's optimize loop until the study holds ``spec.trials`` COMPLETE trials.
+    """One worker's loop until the study holds exactly ``spec.trials`` COMPLETE trials (one
+    trial per ``study.optimize`` call, each only while the budget has room:
+    `studies.trial_budget`), ``spec.timeout_s`` has passed, or too many of its trials failed.
 
     Returns the number of trials this worker ran.
     """
@@ -340,22 +351,18 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
         storage=open_storage(spec.storage),
         sampler=make_sampler(spec.seed + index),
     )
-    if count_trials(study) >= spec.trials:
-        return 0
-    callbacks = [
-        optuna.study.MaxTrialsCallback(spec.trials, states=(TrialState.COMPLETE,)),
-        _StopOnFailures(max(3, spec.trials)),
-        _Report(bar),
-    ]
+    failures = _StopOnFailures(max(3, spec.trials))
+    deadline = None if spec.timeout_s is None else time.monotonic() + spec.timeout_s
     before = len(study.get_trials(deepcopy=False))
-    study.optimize(
-        lambda trial: run_trial(trial, spec),
-        timeout=spec.timeout_s,
-        callbacks=callbacks,
-        catch=(Exception,),
-        gc_after_trial=True,
-        show_progress_bar=False,
-    )
+    while not failures.stopped and wait_for_slot(study, spec.trials, deadline):
+        study.optimize(
+            lambda trial: run_trial(trial, spec),
+            n_trials=1,
+            callbacks=[failures, _Report(bar)],
+            catch=(Exception,),
+            gc_after_trial=True,
+            show_progress_bar=False,
+        )
     return len(study.get_trials(deepcopy=False)) - before
 
 

@@ -29,6 +29,7 @@ from studies.pareto import TrialModel, baseline_model, load_study, sweep_info, t
 from studies.report_format import markdown_table, rows_csv, summary_line
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.io import write_text_atomic
+from unet.killpoints import killpoint
 from unet.stats import DEFAULT_MARGIN, DEFAULT_REGION_MARGIN, paired_comparison
 
 _R = (*REGIONS, "mean")
@@ -275,6 +276,7 @@ def write_report(
     )
     paths = [out / "report.md", out / "pareto.csv", out / "pareto.json"]
     write_text_atomic(paths[0], report_markdown(study, rows, data))
+    killpoint("report.write")
     write_text_atomic(paths[1], rows_csv(rows))
     payload = {
         "study": study.study_name,

@@ -10,8 +10,12 @@ Accepted ``--storage`` values::
 A worker killed with SIGKILL leaves its trial ``RUNNING`` forever unless something fails it:
 
 * RDB storages (SQLite, PostgreSQL, MySQL) get Optuna's heartbeat: every running trial records
-  a heartbeat every `HEARTBEAT_INTERVAL_S`; any worker that starts a trial fails the trials whose
-  heartbeat is older than `GRACE_PERIOD_S` (``optuna.storages.fail_stale_trials``).
+  a heartbeat every `HEARTBEAT_INTERVAL_S`; any worker that starts a trial (or waits for the
+  last running ones, `fail_stale`) fails the trials whose heartbeat is older than
+  `GRACE_PERIOD_S` (``optuna.storages.fail_stale_trials``). Both are seconds and can be set
+  for every process that opens the storage with the environment variables `HEARTBEAT_ENV` and
+  `GRACE_ENV` (integers >= 1, the grace period longer than the interval), e.g. short ones in
+  tests: ``UNET_COMPRESS_HEARTBEAT_S=1 UNET_COMPRESS_GRACE_S=4``.
 * Optuna 5's ``JournalStorage`` has no heartbeat. Each trial therefore records its worker
   (host, pid, process start time) in the user attribute ``worker``, and `fail_dead_trials`
   fails the running trials of this host whose process is gone; the sweep calls it before it
@@ -19,7 +23,13 @@ A worker killed with SIGKILL leaves its trial ``RUNNING`` forever unless somethi
   for the grace period), for workers on the same host.
 
 Either way a failed stale trial is queued once more with the same parameters (`retry_once`), so
-a recipe is not dropped because its worker was killed.
+a recipe is not dropped because its worker was killed. (Optuna's
+``RetryHeartbeatStaleTrialCallback(max_retry=1)`` does the same for the heartbeat but copies the
+dead trial's user attributes into the retry, the dead worker's identity included, which the
+host check would then fail again before the new worker records itself.)
+
+Several workers opening a fresh database at once race to create Optuna's tables; `open_storage`
+retries that (`SCHEMA_ATTEMPTS`).
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ JOURNAL_PREFIX = "journal:"
 RDB_BACKENDS = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 180
+SCHEMA_ATTEMPTS = 5  # tries to open an RDB storage whose tables another worker is creating
+HEARTBEAT_ENV = "UNET_COMPRESS_HEARTBEAT_S"
+GRACE_ENV = "UNET_COMPRESS_GRACE_S"
 WORKER_ATTR = "worker"
 RETRY_ATTR = "retry_of"
 
@@ -101,6 +114,31 @@ def check_storage_url(url: str) -> None:
         ) from None
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: the defaults or `HEARTBEAT_ENV` /
+    `GRACE_ENV`; `StorageError` naming the variable if a value is not an integer >= 1 or the
+    grace period is not longer than the interval."""
+    values = {}
+    for env, default in ((HEARTBEAT_ENV, HEARTBEAT_INTERVAL_S), (GRACE_ENV, GRACE_PERIOD_S)):
+        raw = os.environ.get(env, "").strip()
+        if not raw:
+            values[env] = default
+            continue
+        try:
+            values[env] = int(raw)
+        except ValueError:
+            raise StorageError(f"{env}={raw!r}: expected whole seconds >= 1") from None
+        if values[env] < 1:
+            raise StorageError(f"{env}={raw!r}: expected whole seconds >= 1")
+    interval, grace = values[HEARTBEAT_ENV], values[GRACE_ENV]
+    if grace <= interval:
+        raise StorageError(
+            f"{GRACE_ENV}={grace} must be longer than the heartbeat interval "
+            f"{HEARTBEAT_ENV}={interval} (a live trial would look stale)"
+        )
+    return interval, grace
+
+
 def open_storage(url: str) -> BaseStorage:
     """An Optuna storage for ``url`` (see the module docstring); `StorageError` if unusable."""
     check_storage_url(url)
@@ -113,22 +151,41 @@ def open_storage(url: str) -> BaseStorage:
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise StorageError(f"storage {url!r}: cannot open journal file ({exc})") from None
+    import time
     import warnings
 
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
-    with warnings.catch_warnings():  # heartbeat arguments are flagged experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=retry_once,
-            )
-        except (SQLAlchemyError, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StorageError(f"storage {display_url(url)!r}: cannot connect ({first})") from None
+    interval, grace = heartbeat_settings()
+    attempt = 0
+    while True:
+        with warnings.catch_warnings():  # heartbeat arguments are flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=interval,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=retry_once,
+                )
+            except (IntegrityError, ProgrammingError) as exc:
+                # workers that open a fresh database at once race to create Optuna's tables
+                # (PostgreSQL: duplicate key in pg_type); the loser finds them on a retry
+                attempt += 1
+                if attempt >= SCHEMA_ATTEMPTS:
+                    raise StorageError(
+                        f"storage {display_url(url)!r}: cannot create or open Optuna's tables "
+                        f"({_first_line(exc)})"
+                    ) from None
+            except (SQLAlchemyError, OSError) as exc:
+                raise StorageError(
+                    f"storage {display_url(url)!r}: cannot connect ({_first_line(exc)})"
+                ) from None
+        time.sleep(0.2 * attempt)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _process_start(pid: int) -> str | None:
@@ -169,6 +226,20 @@ def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
     if RETRY_ATTR in trial.user_attrs or not trial.params:
         return
     study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials that are stale: dead on this host (`fail_dead_trials`) or, on a
+    storage with a heartbeat, silent for longer than the grace period (Optuna's
+    ``fail_stale_trials``, which queues them again through `retry_once`). Returns the numbers
+    failed here by the host check (Optuna does not report its own)."""
+    import warnings
+
+    failed = fail_dead_trials(study)
+    with warnings.catch_warnings():  # fail_stale_trials is flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a no-op without a heartbeat
+    return failed
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError, regions_from_label
 from unet.inference import DEFAULT_PATCH_3D, Forward, predict_volume, torch_forward
 from unet.io import write_text_atomic
-from unet.metrics import region_metrics
+from unet.metrics import HD95_METHOD, region_metrics
 from unet.models import UNet
 
 Item = tuple[str, np.ndarray, np.ndarray]  # (subject, probabilities (3, ...), target (3, ...) bool)
@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         result["checkpoint"] = str(args.checkpoint)
         result["split"] = args.split
         result["data_fingerprint"] = data.fingerprint
+        result["hd95_method"] = None if args.no_hd95 else HD95_METHOD
         if args.reference is not None:
             ref = reference_results(
                 args.reference, data, subjects, hd95=not args.no_hd95, device=args.device

@@ -44,6 +44,7 @@ from unet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError
 from unet.data.datasets import as_dataset
 from unet.evaluate import evaluate_model
+from unet.killpoints import killpoint
 from unet.train_config import TrainConfig
 from unet.train_loop import AMP_MODES, DIMS_DEFAULTS, TrainConfigError, TrainLoop, _check
 from unet.train_run import JsonlLog, open_run, run_paths
@@ -206,6 +207,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         total=cfg.steps, initial=start_step, desc=cfg.model, disable=None if cfg.progress else True
     ) as bar:
         while validate.stopped is None and loop.step < cfg.steps:
+            killpoint("train.step")
             losses.append(loop.train_step())
             bar.update()
             step = loop.step

@@ -1,8 +1,11 @@
-"""Fixtures of the studies tests: a tiny trained baseline, sweep arguments, a synthetic study."""
+"""Fixtures of the studies tests: a tiny trained baseline, sweep arguments, a synthetic study,
+a throw-away PostgreSQL server."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,31 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 
 from studies.pareto import CONSTRAINT, DIRECTIONS
+from tests.postgres import PostgresServer, missing_reason
 from unet.data.canonical import REGIONS
+
+POSTGRES_URL_ENV = "UNET_COMPRESS_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL database for this session: a throw-away server (`tests.postgres`),
+    or the server named by ``UNET_COMPRESS_TEST_POSTGRES_URL``. Without server binaries: a
+    skip with the reason, except under CI (``CI`` set), where it is a failure."""
+    external = os.environ.get(POSTGRES_URL_ENV)
+    if external:
+        yield external
+        return
+    reason = missing_reason()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    server = PostgresServer.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,17 @@ import pytest
 from optuna.trial import TrialState
 
 from studies.storage import (
+    GRACE_ENV,
+    GRACE_PERIOD_S,
+    HEARTBEAT_ENV,
+    HEARTBEAT_INTERVAL_S,
     RETRY_ATTR,
     WORKER_ATTR,
     StorageError,
     check_storage_url,
     display_url,
     fail_dead_trials,
+    heartbeat_settings,
     journal_url,
     open_storage,
     worker_alive,
@@ -114,3 +120,61 @@ def test_fail_dead_trials_fails_and_retries_once(tmp_path: Path) -> None:
     retried.set_user_attr(WORKER_ATTR, _dead_identity())
     assert fail_dead_trials(study) == [retried.number]
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)),
+        ({HEARTBEAT_ENV: "1", GRACE_ENV: "4"}, (1, 4)),
+        ({HEARTBEAT_ENV: " 2 "}, (2, GRACE_PERIOD_S)),
+        ({HEARTBEAT_ENV: "0"}, f"{HEARTBEAT_ENV}='0': expected whole seconds >= 1"),
+        ({HEARTBEAT_ENV: "1.5"}, f"{HEARTBEAT_ENV}='1.5': expected whole seconds >= 1"),
+        ({GRACE_ENV: "soon"}, f"{GRACE_ENV}='soon': expected whole seconds >= 1"),
+        ({GRACE_ENV: "-3"}, f"{GRACE_ENV}='-3': expected whole seconds >= 1"),
+        ({HEARTBEAT_ENV: "5", GRACE_ENV: "5"}, "must be longer than the heartbeat interval"),
+    ],
+)
+def test_heartbeat_settings_from_the_environment(
+    env: dict[str, str], expected: tuple[int, int] | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in (HEARTBEAT_ENV, GRACE_ENV):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if isinstance(expected, tuple):
+        assert heartbeat_settings() == expected
+    else:
+        with pytest.raises(StorageError, match=re.escape(expected)):
+            heartbeat_settings()
+
+
+def test_rdb_storage_uses_the_heartbeat_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(HEARTBEAT_ENV, "2")
+    monkeypatch.setenv(GRACE_ENV, "7")
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    assert storage.get_heartbeat_interval() == 2 and storage.grace_period == 7
+
+
+def test_sweep_refuses_a_bad_heartbeat_setting_before_any_work(
+    blob_data: Path,
+    untrained_ckpt: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from studies.prune_sweep import main
+
+    monkeypatch.setenv(HEARTBEAT_ENV, "often")
+    argv = ["--data", str(blob_data), "--baseline", str(untrained_ckpt),
+            "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        f"error: --storage: {HEARTBEAT_ENV}='often': expected whole seconds >= 1"
+    )
+    assert not (tmp_path / "s.db").exists() and not any((tmp_path / "out").iterdir())
