@@ -31,44 +31,6 @@ from unet.data.datasets import as_dataset
 from unet.models import UNet
 
 
-def regularized_baseline(
-    baseline: str | os.PathLike[str],
-    data: CanonicalDataset,
-    recipe: Recipe,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = False,
-) -> UNet:
-    """The baseline after the recipe's regularisation phase (from the cache if ``cache_dir``)."""
-    if cache_dir is not None:
-        path = ensure_regularized(
-            baseline,
-            data,
-            recipe.regularize_steps,
-            recipe.regularize_strength,
-            cache_dir,
-            seed,
-            lr=recipe.finetune_lr,
-            device=device,
-            progress=progress,
-        )
-        return load_checkpoint(path)[0]
-    model, meta = load_checkpoint(baseline)
-    return regularize(
-        model,
-        data,
-        steps=recipe.regularize_steps,
-        strength=recipe.regularize_strength,
-        lr=recipe.finetune_lr,
-        seed=seed,
-        patch_size=meta.get("patch_size"),
-        device=device,
-        progress=progress,
-    )
-
-
 def prune_and_finetune(
     model: UNet,
     data: CanonicalDataset | str | os.PathLike[str],
@@ -121,16 +83,18 @@ def recover(
     data = as_dataset(data)
     teacher, meta = load_checkpoint(Path(baseline))
     start = teacher
-    if recipe.regularize_steps > 0:
-        start = regularized_baseline(
-            baseline,
-            data,
-            recipe,
-            cache_dir=cache_dir,
-            seed=seed,
-            device=device,
-            progress=progress,
-        )
+    settings = {"steps": recipe.regularize_steps, "strength": recipe.regularize_strength}
+    if recipe.regularize_steps > 0 and cache_dir is not None:
+        path = ensure_regularized(
+            baseline, data, **settings, cache_dir=cache_dir, seed=seed, lr=recipe.finetune_lr,
+            device=device, progress=progress,
+        )  # fmt: skip
+        start = load_checkpoint(path)[0]
+    elif recipe.regularize_steps > 0:
+        start = regularize(
+            teacher, data, **settings, lr=recipe.finetune_lr, seed=seed,
+            patch_size=meta.get("patch_size"), device=device, progress=progress,
+        )  # fmt: skip
     return prune_and_finetune(
         start,
         data,

@@ -9,7 +9,7 @@ input slices of the convs that read it across the skip concatenation, the norm's
 least important groups are driven towards zero, so the global magnitude ranking of
 `compress.prune_structured` can then remove them with less damage. The regulariser acts between
 ``backward()`` and the optimizer step (an optimizer step pre-hook, limited to the optimizer of
-this model); the training loop itself is `unet.train_loop.fit`, unchanged.
+this model); the training itself is `compress.finetune.finetune` (`unet.train_loop.fit`).
 
 Torch-Pruning 1.6.1's regularisers index every convolution weight as ``(out, in, ...)``, which
 is wrong for transposed convolutions (``(in, out, ...)``: an ``IndexError``, or the wrong
@@ -44,13 +44,13 @@ import torch_pruning as tp
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from compress.finetune import finetune
 from compress.prune_structured import _example_input
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import as_dataset
 from unet.io import file_sha256, write_text_atomic
 from unet.models import UNet
-from unet.train_loop import fit
 
 CACHE_VERSION = 1  # bump when the regularisation changes, so old cache entries are not reused
 
@@ -101,15 +101,15 @@ def regularize(
 
     handle = register_optimizer_step_pre_hook(before_step)
     try:
-        fit(
+        finetune(
             work,
             data,
-            steps=steps,
-            batch_size=batch_size,
+            steps,
             lr=lr,
+            batch_size=batch_size,
+            patch_size=patch_size,
             seed=seed,
             device=device,
-            patch_size=patch_size,
             progress=progress,
         )
     finally:
