@@ -81,3 +81,24 @@ def test_cached_once_per_setting(
     first.with_suffix(".done").unlink()  # an unfinished entry is computed again
     assert reg.ensure_regularized(ckpt, blob_data, **settings) == first
     assert len(calls) == 5
+
+
+def test_without_a_cache_dir_recover_regularises_in_memory(
+    ckpt: Path, blob_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import compress.recovery
+    from compress.recipe import Recipe
+
+    calls: list[int] = []
+    real = reg.regularize
+
+    def spy(model: Any, data: Any, **kw: Any) -> Any:
+        calls.append(kw["steps"])
+        return real(model, data, **{**kw, "batch_size": 2})
+
+    monkeypatch.setattr(compress.recovery, "regularize", spy)
+    monkeypatch.chdir(tmp_path)
+    recipe = Recipe(prune="structured", ratio=0.5, regularize_steps=1, regularize_strength=0.1)
+    pruned = compress.recovery.recover(ckpt, blob_data, recipe)
+    assert calls == [1] and not any(tmp_path.iterdir())  # nothing cached anywhere
+    assert pruned.config != zoo.config("unet2d-tiny")
