@@ -45,7 +45,8 @@ NAMES = {
     "d": "regularised",
     "e": "all three",
 }
-REFERENCE = Recipe(threshold="per-region")  # the sweep's BASELINE_RECIPE
+# the sweep's reference (studies.prune_sweep.BASELINE_RECIPE): dense fp32, per-region thresholds
+REFERENCE = Recipe(threshold="per-region")
 
 
 @dataclasses.dataclass(frozen=True)
