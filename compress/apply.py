@@ -4,9 +4,14 @@
         --out runs/s50-int8 --prune structured --ratio 0.5 --round-to 8 \\
         --finetune-steps 200 --precision int8 --threshold per-region
 
+    python -m compress.apply --checkpoint runs/unet2d-small.pt --data runs/phantom.h5 \\
+        --out runs/s50-kd --prune structured --ratio 0.5 --round-to 8 --finetune-steps 200 \\
+        --prune-rounds 4 --distill-weight 1 --regularize-steps 200 --cache-dir runs/cache
+
 or ``--recipe recipe.json``. The pipeline itself (prune -> fine-tune -> export + cast ->
-threshold on val -> measure) and the files it writes are described in `compress.pipeline`;
-this module is its command line and the baseline-vs-compressed table it prints.
+threshold on val -> measure) and the files it writes are described in `compress.pipeline`, the
+recovery methods (gradual pruning, distillation, regularisation) in `compress.recovery`; this
+module is its command line and the baseline-vs-compressed table it prints.
 """
 
 from __future__ import annotations
@@ -151,6 +156,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
     p.add_argument("--threshold", choices=THRESHOLD_MODES, default=d.threshold)
+    r = p.add_argument_group("recovery after pruning")
+    r.add_argument(
+        "--prune-rounds",
+        type=int,
+        default=d.prune_rounds,
+        help="reach the ratio in this many prune -> fine-tune rounds (1 = one-shot)",
+    )
+    r.add_argument(
+        "--distill-weight",
+        type=float,
+        default=d.distill_weight,
+        help="weight of distillation from the unpruned baseline during fine-tuning (0 = off)",
+    )
+    r.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
+    r.add_argument(
+        "--regularize-steps",
+        type=int,
+        default=d.regularize_steps,
+        help="group-sparsity regularisation steps before structured/pairs pruning (0 = off)",
+    )
+    r.add_argument(
+        "--regularize-strength",
+        type=float,
+        default=d.regularize_strength,
+        help="Torch-Pruning GroupNormPruner reg coefficient",
+    )
+    r.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache the regularised baseline here and reuse it (default: no cache)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -182,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                 calibration=args.calibration,
                 calibration_samples=args.calibration_samples,
                 threshold=args.threshold,
+                prune_rounds=args.prune_rounds,
+                distill_weight=args.distill_weight,
+                distill_temperature=args.distill_temperature,
+                regularize_steps=args.regularize_steps,
+                regularize_strength=args.regularize_strength,
             )
         load_checkpoint(args.checkpoint)
         data = CanonicalDataset(args.data)
@@ -198,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             seed=args.seed,
             progress=True,
+            cache_dir=args.cache_dir,
         )
     except ValueError as exc:  # e.g. pair ratios that do not fit the model's levels
         parser.error(str(exc))

@@ -1,6 +1,7 @@
 """Short BCE+Dice fine-tune after pruning, on the training split, reusing `unet.train.fit`.
 
-Unstructured zeros stay zero: their masks are re-applied after every optimizer step.
+Unstructured zeros stay zero: their masks are re-applied after every optimizer step. An
+``extra_loss`` (e.g. `compress.distill.Distillation`) is added to BCE + Dice.
 
     >>> from compress.finetune import finetune
     >>> finetune(pruned_model, "runs/phantom.h5", steps=200, keep_zeros=True)   # doctest: +SKIP
@@ -15,7 +16,7 @@ from pathlib import Path
 from compress.prune_unstructured import apply_masks, sparsity_masks
 from unet.data.canonical import CanonicalDataset
 from unet.models import UNet
-from unet.train_loop import fit
+from unet.train_loop import ExtraLoss, fit
 
 
 def finetune(
@@ -26,6 +27,7 @@ def finetune(
     lr: float = 5e-4,
     batch_size: int = 16,
     keep_zeros: bool = False,
+    extra_loss: ExtraLoss | None = None,
     patch_size: Sequence[int] | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -52,6 +54,7 @@ def finetune(
             device=device,
             patch_size=patch_size,
             after_step=after_step,
+            extra_loss=extra_loss,
             progress=progress,
         )
     return model.eval()

@@ -9,8 +9,9 @@ The command line is `compress.apply`:
         --out runs/s50-int8 --prune structured --ratio 0.5 --round-to 8 \\
         --finetune-steps 200 --precision int8 --threshold per-region
 
-or ``--recipe recipe.json``. Steps: prune -> fine-tune (training split) -> export + cast
-(int8 calibrated on training-split inputs) -> threshold search (validation split) -> measure.
+or ``--recipe recipe.json``. Steps: prune -> fine-tune (training split; with the recipe's
+recovery methods, `compress.recovery`) -> export + cast (int8 calibrated on training-split
+inputs) -> threshold search (validation split) -> measure.
 The test split is never read here. Writes into ``--out``:
 
 * ``model.onnx``: the deployable ONNX model (fp32 / fp16 / int8 QDQ; for ``bf16`` the fp32 ONNX,
@@ -40,11 +41,11 @@ from typing import Any
 
 from compress.cast import cast_forward, cast_module, onnx_to_fp16
 from compress.export import check_parity, export_onnx, ort_forward, ort_session
-from compress.finetune import finetune
 from compress.measure import measure
 from compress.prune import prune_pairs, prune_structured, prune_unstructured
 from compress.quantize import quantize_int8
 from compress.recipe import Recipe
+from compress.recovery import recover
 from compress.threshold import search_thresholds
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.data.canonical import CanonicalDataset
@@ -184,10 +185,13 @@ def compress_checkpoint(
     baseline_metrics: dict[str, Any] | None = None,
     seed: int = 0,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the ``baseline`` checkpoint; write artifacts into ``out_dir``; return metrics.
 
     ``baseline_metrics`` reuses an earlier `measure_baseline` result (the sweep measures it once).
+    ``cache_dir`` caches the recipe's regularisation phase (`compress.regularize`), so that the
+    recipes of one study that share its settings compute it once; None recomputes it.
     Only the training split (fine-tune, int8 calibration) and validation split (threshold,
     ``val_dice``) are read.
     """
@@ -202,18 +206,10 @@ def compress_checkpoint(
             baseline, data, threads=threads, latency_runs=latency_runs, device=device
         )
 
-    model = prune_model(model, recipe)
-    model = finetune(
-        model,
-        data,
-        recipe.finetune_steps,
-        lr=recipe.finetune_lr,
-        keep_zeros=recipe.prune == "unstructured",
-        patch_size=patch_size,
-        seed=seed,
-        device=device,
-        progress=progress,
-    ).cpu()
+    # prune + fine-tune with the recipe's recovery methods (regularise, gradual, distil)
+    model = recover(
+        baseline, data, recipe, cache_dir=cache_dir, seed=seed, device=device, progress=progress
+    )
     cfg = model.config
 
     onnx_path = out / "model.onnx"

@@ -3,9 +3,11 @@
 A trial of the sweep, a checkpoint's ``meta["recipe"]`` and a report row all carry the same
 recipe, so any compressed model can be rebuilt from its recipe and its baseline::
 
-    prune -> fine-tune -> cast -> threshold
+    [regularise ->] prune [-> fine-tune -> prune ...] -> fine-tune -> cast -> threshold
 
     >>> Recipe(prune="structured", ratio=0.5, round_to=8, finetune_steps=200, precision="int8")
+    >>> Recipe(prune="structured", ratio=0.5, round_to=8, finetune_steps=200, prune_rounds=4,
+    ...        distill_weight=1.0, regularize_steps=200, regularize_strength=1e-3)
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("fixed", "global", "per-region")
+# Bounds of the recovery fields (inclusive unless said otherwise in `Recipe.validate`).
+MAX_PRUNE_ROUNDS = 10
+MAX_DISTILL_WEIGHT = 100.0
+MAX_DISTILL_TEMPERATURE = 20.0
+MAX_REGULARIZE_STEPS = 100_000
+MAX_REGULARIZE_STRENGTH = 1.0
+_FLOAT_FIELDS = (
+    "ratio",
+    "finetune_lr",
+    "distill_weight",
+    "distill_temperature",
+    "regularize_strength",
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,16 @@ class Recipe:
     * ``precision``: ``fp32`` | ``fp16`` | ``bf16`` | ``int8`` (ONNX Runtime static QDQ);
       ``calibration``: int8 calibration method, on ``calibration_samples`` training inputs.
     * ``threshold``: ``fixed`` (keep the baseline's) | ``global`` | ``per-region`` search on val.
+
+    Recovery (how a pruned model gets its accuracy back; `compress.recovery`):
+
+    * ``prune_rounds``: reach ``ratio`` (or ``level_ratios``) in this many prune -> fine-tune
+      rounds on a linear schedule, the ``finetune_steps`` split across the rounds (1 = one-shot).
+    * ``distill_weight``: weight of the distillation loss from the unpruned baseline added to
+      BCE + Dice during fine-tuning (0 = off; `compress.distill`); ``distill_temperature``.
+    * ``regularize_steps``: steps of sparsity-inducing group regularisation of the baseline
+      before structured / pair pruning (0 = off; `compress.regularize`), with coefficient
+      ``regularize_strength`` (Torch-Pruning ``GroupNormPruner(reg=...)``).
     """
 
     prune: str = "none"
@@ -47,10 +72,17 @@ class Recipe:
     calibration: str = "minmax"
     calibration_samples: int = 32
     threshold: str = "global"
+    prune_rounds: int = 1
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    regularize_steps: int = 0
+    regularize_strength: float = 1e-3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_ratios", tuple(float(r) for r in self.level_ratios))
         self.validate()
+        for name in _FLOAT_FIELDS:  # 1 and 1.0 from JSON or flags make the same recipe
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for any value outside its domain."""
@@ -71,23 +103,49 @@ class Recipe:
             raise ValueError(
                 f"recipe: ratio only applies to unstructured/structured pruning, not {self.prune!r}"
             )
-        if self.round_to < 1:
-            raise ValueError(f"recipe: round_to must be >= 1, got {self.round_to}")
-        if self.finetune_steps < 0:
-            raise ValueError(f"recipe: finetune_steps must be >= 0, got {self.finetune_steps}")
-        if not (self.finetune_lr > 0 and math.isfinite(self.finetune_lr)):
+        _integer("round_to", self.round_to, 1)
+        _integer("finetune_steps", self.finetune_steps, 0)
+        if not (_is_number(self.finetune_lr) and 0 < self.finetune_lr < math.inf):
             raise ValueError(
                 f"recipe: finetune_lr must be a positive number, got {self.finetune_lr}"
             )
-        if self.calibration_samples < 1:
+        _integer("calibration_samples", self.calibration_samples, 1)
+        self._validate_recovery()
+
+    def _validate_recovery(self) -> None:
+        d = Recipe.__dataclass_fields__
+        _integer("prune_rounds", self.prune_rounds, 1, MAX_PRUNE_ROUNDS)
+        _number("distill_weight", self.distill_weight, 0.0, MAX_DISTILL_WEIGHT)
+        _number("distill_temperature", self.distill_temperature, 0.0, MAX_DISTILL_TEMPERATURE, True)
+        _integer("regularize_steps", self.regularize_steps, 0, MAX_REGULARIZE_STEPS)
+        _number("regularize_strength", self.regularize_strength, 0.0, MAX_REGULARIZE_STRENGTH, True)
+        if self.prune_rounds > 1 and self.prune == "none":
+            raise ValueError("recipe: prune_rounds > 1 needs pruning (prune is 'none')")
+        if self.distill_weight > 0 and self.finetune_steps == 0:
+            raise ValueError("recipe: distill_weight > 0 needs finetune_steps > 0")
+        if (
+            self.distill_weight == 0
+            and self.distill_temperature != d["distill_temperature"].default
+        ):
+            raise ValueError("recipe: distill_temperature only applies with distill_weight > 0")
+        if self.regularize_steps > 0 and self.prune not in ("structured", "pairs"):
             raise ValueError(
-                f"recipe: calibration_samples must be >= 1, got {self.calibration_samples}"
+                f"recipe: regularize_steps only apply to structured/pairs pruning, "
+                f"not {self.prune!r}"
             )
+        if (
+            self.regularize_steps == 0
+            and self.regularize_strength != d["regularize_strength"].default
+        ):
+            raise ValueError("recipe: regularize_strength only applies with regularize_steps > 0")
 
     @property
     def label(self) -> str:
-        """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``."""
+        """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``,
+        ``reg200(0.001)+structured0.50/r8+gradual4+ft200+kd1(T2)+fp32+global``."""
         parts = []
+        if self.regularize_steps:
+            parts.append(f"reg{self.regularize_steps}({self.regularize_strength:g})")
         if self.prune == "pairs":
             parts.append("pairs[" + ",".join(f"{r:.2f}" for r in self.level_ratios) + "]")
         elif self.prune != "none":
@@ -96,8 +154,15 @@ class Recipe:
             parts.append("dense")
         if self.round_to > 1 and self.prune in ("structured", "pairs"):
             parts[-1] += f"/r{self.round_to}"
+        if self.prune_rounds > 1:
+            parts.append(f"gradual{self.prune_rounds}")
         if self.finetune_steps:
             parts.append(f"ft{self.finetune_steps}")
+        if self.distill_weight:
+            temperature = (
+                f"(T{self.distill_temperature:g})" if self.distill_temperature != 1 else ""
+            )
+            parts.append(f"kd{self.distill_weight:g}{temperature}")
         parts.append(f"int8({self.calibration})" if self.precision == "int8" else self.precision)
         parts.append(self.threshold)
         return "+".join(parts)
@@ -134,6 +199,24 @@ class Recipe:
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"recipe: {name} must be one of {allowed}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: int, lo: int, hi: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        domain = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"recipe: {name} must be an integer {domain}, got {value!r}")
+
+
+def _number(name: str, value: float, lo: float, hi: float, open_low: bool = False) -> None:
+    above_lo = _is_number(value) and (value > lo if open_low else value >= lo)
+    if not (above_lo and value <= hi):
+        low = "(" if open_low else "["
+        raise ValueError(f"recipe: {name} must be a number in {low}{lo:g}, {hi:g}], got {value!r}")
 
 
 def _ratio(name: str, value: float) -> None:

@@ -2,13 +2,16 @@
 
     python -m studies.bench train --data runs/phantom.h5                     # samples/s fp32 vs bf16
     python -m studies.bench compress --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
+    python -m studies.bench recovery --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
 
 ``train`` times the same training loop with ``--amp off`` and ``--amp bf16`` in one process,
 alternating, and reports samples/s and their ratio. ``compress`` runs the reference recipes on
 one baseline — (a) structured 0.5 + fine-tune, (b) the same + int8, (c) unstructured 0.9 +
 fine-tune — and prints size, compressed size, ORT and torch latency and val Dice per region
-beside the baseline. Both write JSON next to the printed table (``--out``). Ratios from one
-run are what to compare; absolute numbers move with the machine's load.
+beside the baseline. ``recovery`` compares the recovery methods after structured pruning on
+the test split with paired CIs (`studies.bench_recovery`). All write JSON next to the printed
+table (``--out``). Ratios from one run are what to compare; absolute numbers move with the
+machine's load.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ import torch
 from compress.apply import ratios
 from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
+from studies.bench_recovery import (
+    METHODS,
+    RecoverySettings,
+    recovery_recipes,
+    recovery_table,
+    run_recovery,
+)
 from unet import zoo
+from unet.checkpoint import CheckpointError, load_checkpoint
+from unet.data.canonical import CanonicalDataset, DataError
 from unet.io import write_text_atomic
 from unet.train_loop import fit
 
@@ -124,7 +136,7 @@ def compress_table(bench: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m studies.bench",
-        description="Benchmarks: training throughput (fp32 vs bf16) and the reference compression recipes.",
+        description="Benchmarks: training throughput (fp32 vs bf16), the reference compression recipes, the recovery methods.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--latency-runs", type=int, default=50)
     c.add_argument("--out", default="runs/bench/compress")
+    _recovery_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "recovery":
+        return _recovery_main(parser, args)
     if args.command == "train":
         result = train_throughput(
             args.model,
@@ -175,6 +190,77 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_text_atomic(out / "bench.json", json.dumps(result, indent=2))
         print(compress_table(result))
+    return 0
+
+
+def _recovery_parser(sub: Any) -> None:
+    d = RecoverySettings()
+    r = sub.add_parser(
+        "recovery",
+        help="structured 0.5 with each recovery method, paired test CIs vs the baseline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
+    r.add_argument("--data", required=True, help="canonical HDF5 data file")
+    r.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="per row")
+    r.add_argument("--ratio", type=float, default=d.ratio)
+    r.add_argument("--round-to", type=int, default=d.round_to)
+    r.add_argument("--distill-weight", type=float, default=d.distill_weight)
+    r.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
+    r.add_argument("--prune-rounds", type=int, default=d.prune_rounds)
+    r.add_argument("--regularize-steps", type=int, default=d.regularize_steps)
+    r.add_argument("--regularize-strength", type=float, default=d.regularize_strength)
+    r.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="rows to run: a fine-tune, b distillation, c gradual, d regularised, e all three",
+    )
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--latency-runs", type=int, default=50)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="runs/bench/recovery")
+
+
+def _recovery_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = sorted(set(methods) - set(METHODS))
+    if bad or not methods:
+        parser.error(f"--methods: unknown row(s) {bad or methods}; choose from {','.join(METHODS)}")
+    if args.finetune_steps < 1:
+        parser.error(
+            f"--finetune-steps must be >= 1 (rows compare fine-tuning), got {args.finetune_steps}"
+        )
+    settings = RecoverySettings(
+        finetune_steps=args.finetune_steps,
+        ratio=args.ratio,
+        round_to=args.round_to,
+        distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
+        prune_rounds=args.prune_rounds,
+        regularize_steps=args.regularize_steps,
+        regularize_strength=args.regularize_strength,
+    )
+    try:
+        recovery_recipes(settings)  # every row's recipe validates before any work
+        load_checkpoint(args.checkpoint)
+        CanonicalDataset(args.data)
+    except (ValueError, CheckpointError, DataError) as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
+    result = run_recovery(
+        args.checkpoint,
+        args.data,
+        out,
+        settings,
+        methods=methods,
+        threads=args.threads,
+        latency_runs=args.latency_runs,
+        seed=args.seed,
+    )
+    table = recovery_table(result)
+    write_text_atomic(out / "recovery.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "recovery.md", table + "\n")
+    print(table)
     return 0
 
 

@@ -109,6 +109,12 @@ FINETUNE_STEPS = (0, 25, 75)  # short: the default run must fit 24 trials in 15 
 PRECISIONS = ("fp32", "fp16", "int8")  # bf16 has no ONNX Runtime CPU path: not searched
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("global", "per-region")
+# Recovery after pruning (compress.recovery), searched only where it applies:
+PRUNE_ROUNDS = (1, 2, 4)  # gradual pruning rounds, when there are fine-tune steps to split
+DISTILL_WEIGHTS = (0.0, 1.0, 3.0)  # distillation from the baseline, when fine-tuning
+# group regularisation before structured / pairs pruning: off, or as many steps as the longest
+# fine-tune; computed once per strength and cached for the study
+REGULARIZE_STRENGTHS = (1e-3, 1e-2)
 N_STARTUP_TRIALS = 10
 # The reference every trial is compared with: the baseline itself (dense, fp32 ONNX) with its
 # thresholds searched on val per region, as every trial's are; a baseline left at its training
@@ -166,10 +172,13 @@ def suggest_recipe(
 
     ``levels``: the baseline's U-Net levels (one pair ratio each); ``finetune_steps``: the
     fine-tune step counts to choose from after pruning; ``unstructured_max``: the largest
-    unstructured ratio (`unstructured_limit` of the baseline).
+    unstructured ratio (`unstructured_limit` of the baseline). Recovery: ``regularize_steps``
+    (0 or the longest fine-tune) and ``regularize_strength`` for structured / pairs pruning;
+    ``prune_rounds`` and ``distill_weight`` when a pruned model is fine-tuned.
     """
     method = trial.suggest_categorical("prune", PRUNE_METHODS)
     ratio, level_ratios, round_to, finetune = 0.0, (), 1, 0
+    rounds, distill, reg_steps, reg_strength = 1, 0.0, 0, Recipe().regularize_strength
     if method == "unstructured":
         lo, _, step = UNSTRUCTURED_RATIOS
         lo = min(lo, unstructured_max)
@@ -184,8 +193,16 @@ def suggest_recipe(
         )
     if method in ("structured", "pairs"):
         round_to = trial.suggest_categorical("round_to", ROUND_TO)
+        longest = max(finetune_steps, default=0)
+        if longest:
+            reg_steps = trial.suggest_categorical("regularize_steps", (0, longest))
+        if reg_steps:
+            reg_strength = trial.suggest_categorical("regularize_strength", REGULARIZE_STRENGTHS)
     if method != "none":
         finetune = trial.suggest_categorical("finetune_steps", tuple(finetune_steps))
+    if finetune:
+        rounds = trial.suggest_categorical("prune_rounds", PRUNE_ROUNDS)
+        distill = trial.suggest_categorical("distill_weight", DISTILL_WEIGHTS)
     precision = trial.suggest_categorical("precision", PRECISIONS)
     calibration = (
         trial.suggest_categorical("calibration", CALIBRATIONS) if precision == "int8" else "minmax"
@@ -200,6 +217,10 @@ def suggest_recipe(
         precision=precision,
         calibration=calibration,
         threshold=threshold,
+        prune_rounds=rounds,
+        distill_weight=distill,
+        regularize_steps=reg_steps,
+        regularize_strength=reg_strength,
     )
 
 
@@ -256,6 +277,7 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float
             device=spec.device,
             baseline_metrics=info["baseline_metrics"],
             seed=spec.seed,
+            cache_dir=Path(spec.study_dir) / "cache",  # regularised baselines, once per study
         )
     except Exception as exc:
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from unet.data.canonical import CanonicalDataset
 from unet.evaluate import evaluate_model
 from unet.train_loop import fit
 
+S50 = ["--prune", "structured", "--ratio", "0.5", "--finetune-steps", "5"]
 M_KEYS = {
     "params",
     "macs",
@@ -113,6 +115,37 @@ def test_structured_int8_recipe_end_to_end(
     assert set(data.split("val")) <= set(spy)
 
 
+def test_recovery_recipe_round_trips_and_shares_the_cached_regularisation(
+    tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path, spy: list[str]
+) -> None:
+    recipe = Recipe(
+        prune="structured",
+        ratio=0.5,
+        finetune_steps=2,
+        prune_rounds=2,
+        distill_weight=1.0,
+        distill_temperature=2.0,
+        regularize_steps=1,
+        regularize_strength=0.01,
+    )
+    cache = tmp_path / "cache"
+    kw = {"threads": 1, "baseline_metrics": baseline_metrics, "cache_dir": cache}
+    result = compress_checkpoint(baseline, blob_data, recipe, tmp_path / "a", **kw)
+    assert Recipe.from_json(tmp_path / "a" / "recipe.json") == recipe
+    assert (
+        Recipe.from_dict(load_checkpoint(tmp_path / "a" / "checkpoint.pt")[1]["recipe"]) == recipe
+    )
+    assert Recipe.from_dict(result["recipe"]) == recipe
+    assert result["recipe_label"] == "reg1(0.01)+structured0.50+gradual2+ft2+kd1(T2)+fp32+global"
+    entries = sorted(p.name for p in cache.iterdir() if p.suffix in (".pt", ".done"))
+    assert len(entries) == 2  # one regularised checkpoint and its .done marker
+    # another recipe with the same regularisation reuses the entry
+    other = dataclasses.replace(recipe, ratio=0.3, prune_rounds=1)
+    compress_checkpoint(baseline, blob_data, other, tmp_path / "b", **kw)
+    assert sorted(p.name for p in cache.iterdir() if p.suffix in (".pt", ".done")) == entries
+    assert not set(spy) & set(CanonicalDataset(blob_data).split("test"))
+
+
 def test_stored_val_dice_is_reproducible(
     tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
 ) -> None:
@@ -156,8 +189,21 @@ def test_bf16_and_fixed_threshold(
         (["--prune", "structured", "--ratio", "1.0"], "ratio must be in \\[0, 1\\)"),
         (["--prune", "pairs", "--level-ratios", "0.1,0.2"], "level"),
         (["--precision", "int4"], "invalid choice: 'int4'"),
+        # recovery flags: wrong type, out of range, not applicable
+        (["--prune-rounds", "two"], "argument --prune-rounds: invalid int value: 'two'"),
+        ([*S50, "--prune-rounds", "0"], "recipe: prune_rounds must be an integer in \\[1, 10\\]"),
+        ([*S50, "--prune-rounds", "11"], "recipe: prune_rounds must be an integer in \\[1, 10\\]"),
+        (["--distill-weight", "x"], "argument --distill-weight: invalid float value: 'x'"),
+        ([*S50, "--distill-weight", "-1"], "recipe: distill_weight must be a number in \\[0, 100\\]"),
+        ([*S50, "--distill-weight", "1", "--distill-temperature", "0"], "distill_temperature must be"),
+        (["--distill-weight", "1"], "distill_weight > 0 needs finetune_steps > 0"),
+        (["--regularize-steps", "1.5"], "argument --regularize-steps: invalid int value: '1.5'"),
+        ([*S50, "--regularize-steps", "-3"], "recipe: regularize_steps must be an integer"),
+        (["--regularize-steps", "5"], "regularize_steps only apply to structured/pairs"),
+        ([*S50, "--regularize-steps", "3", "--regularize-strength", "5"], "regularize_strength must be"),
+        (["--regularize-strength", "nan"], "regularize_strength must be a number"),
     ],
-)
+)  # fmt: skip
 def test_cli_bad_recipe_flags(
     tmp_path: Path, baseline: Path, blob_data: Path, extra: list, message: str, capsys
 ) -> None:
@@ -174,7 +220,9 @@ def test_cli_bad_recipe_flags(
             ]
         )
     assert exc.value.code == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err)
+    assert err.count("error:") == 1 and err.strip().splitlines()[-1].startswith("python -m")
 
 
 def test_cli_bad_recipe_file_and_checkpoint(

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from studies.bench import REFERENCE_RECIPES, compress_table
+import json
+from pathlib import Path
+
+import pytest
+
+from compress.recipe import Recipe
+from studies.bench import REFERENCE_RECIPES, compress_table, main
+from studies.bench_recovery import METHODS, RecoverySettings, recovery_recipes
+from unet.data.canonical import CanonicalDataset
 
 
 def _m(size: int, ort: float, torch: float, dice: float, macs: int) -> dict:
@@ -46,3 +54,82 @@ def test_compress_table_rows_and_ratios() -> None:
         and "MACs 4.00x" in text
         and "val Dice -0.0200" in text
     )
+
+
+# ------------------------------------------------------------------ recovery
+
+
+@pytest.mark.parametrize("steps", [1, 2, 200])
+def test_recovery_rows_differ_only_in_their_method_at_equal_budget(steps: int) -> None:
+    rows = recovery_recipes(RecoverySettings(finetune_steps=steps))
+    assert list(rows) == list(METHODS)
+    for r in rows.values():
+        assert (r.prune, r.ratio, r.round_to, r.finetune_steps) == ("structured", 0.5, 8, steps)
+        assert r.precision == "fp32" and r.threshold == "per-region"
+    on = {
+        k: (r.distill_weight > 0, r.prune_rounds > 1, r.regularize_steps > 0)
+        for k, r in rows.items()
+    }
+    assert on == {
+        "a": (False, False, False),
+        "b": (True, False, False),
+        "c": (False, True, False),
+        "d": (False, False, True),
+        "e": (True, True, True),
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "a,z"], "--methods: unknown row(s) ['z']"),
+        (["--finetune-steps", "0"], "--finetune-steps must be >= 1"),
+        (["--distill-weight", "-1"], "recipe: distill_weight must be a number in [0, 100]"),
+        (["--prune-rounds", "0"], "recipe: prune_rounds must be an integer in [1, 10]"),
+        (["--regularize-strength", "0"], "recipe: regularize_strength must be a number in (0, 1]"),
+    ],
+)
+def test_recovery_bad_input_is_one_error_before_any_work(
+    extra: list[str], message: str, untrained_ckpt: Path, blob_data: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "rec"
+    argv = ["recovery", "--checkpoint", str(untrained_ckpt), "--data", str(blob_data)]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(out), *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err.strip().splitlines()[-1]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_recovery_bench_on_tiny_data(tiny_baseline: Path, blob_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rec"
+    argv = ["recovery", "--checkpoint", str(tiny_baseline), "--data", str(blob_data),
+            "--finetune-steps", "1", "--regularize-steps", "1", "--prune-rounds", "2",
+            "--methods", "a,e", "--threads", "1", "--latency-runs", "20", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    bench = json.loads((out / "recovery.json").read_text())
+    test_ids = CanonicalDataset(blob_data).split("test")
+    assert bench["test_subjects"] == len(test_ids) and list(bench["rows"]) == ["a", "e"]
+    for key, row in bench["rows"].items():
+        recipe = Recipe.from_dict(row["recipe"])
+        assert recipe == recovery_recipes(RecoverySettings(**bench["settings"]))[key]
+        assert recipe.label == row["label"]
+        paired = row["test_paired"]
+        assert paired["n_subjects"] == len(test_ids)
+        for region in ("WT", "TC", "ET", "mean"):
+            lo, hi = paired["ci95"][region]
+            assert lo <= paired["dice_delta"][region] <= hi
+        assert isinstance(paired["non_inferior"], bool)
+        ref = bench["reference"]["metrics"]
+        assert row["compression_factor"] == pytest.approx(
+            ref["size_bytes"] / row["metrics"]["size_bytes"]
+        )
+        assert row["compression_factor"] > 1 and row["speedup_ort"] > 0
+    # the regularised row used the cache; the table has one line per row
+    assert len(list((out / "cache").glob("regularized-*.done"))) == 1
+    table = (out / "recovery.md").read_text().splitlines()
+    assert [
+        ln.split("|")[1].strip() for ln in table if ln.startswith("| a") or ln.startswith("| e")
+    ] == ["a", "e"]

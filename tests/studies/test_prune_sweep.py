@@ -18,7 +18,10 @@ from optuna.trial import TrialState
 
 from compress.recipe import Recipe
 from studies.prune_sweep import (
+    DISTILL_WEIGHTS,
     FINETUNE_STEPS,
+    PRUNE_ROUNDS,
+    REGULARIZE_STRENGTHS,
     STRUCTURED_RATIOS,
     UNSTRUCTURED_RATIOS,
     main,
@@ -50,19 +53,34 @@ def _states(study: optuna.Study, state: TrialState) -> list:
         ({"prune": "none", "precision": "fp32", "threshold": "global"}, Recipe()),
         (
             {"prune": "unstructured", "unstructured_ratio": 0.9, "finetune_steps": 25,
+             "prune_rounds": 2, "distill_weight": 1.0,
              "precision": "int8", "calibration": "entropy", "threshold": "per-region"},
             Recipe(prune="unstructured", ratio=0.9, finetune_steps=25, precision="int8",
-                   calibration="entropy", threshold="per-region"),
+                   calibration="entropy", threshold="per-region", prune_rounds=2,
+                   distill_weight=1.0),
         ),
         (
             {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "finetune_steps": 0,
+             "regularize_steps": 75, "regularize_strength": 0.01,
              "precision": "fp16", "threshold": "global"},
-            Recipe(prune="structured", ratio=0.5, round_to=8, precision="fp16"),
+            Recipe(prune="structured", ratio=0.5, round_to=8, precision="fp16",
+                   regularize_steps=75, regularize_strength=0.01),
         ),
         (
             {"prune": "pairs", "level_ratio_0": 0.0, "level_ratio_1": 0.25, "level_ratio_2": 0.75,
-             "round_to": 1, "finetune_steps": 75, "precision": "fp32", "threshold": "global"},
-            Recipe(prune="pairs", level_ratios=(0.0, 0.25, 0.75), finetune_steps=75),
+             "round_to": 1, "regularize_steps": 0, "finetune_steps": 75, "prune_rounds": 4,
+             "distill_weight": 0.0, "precision": "fp32", "threshold": "global"},
+            Recipe(prune="pairs", level_ratios=(0.0, 0.25, 0.75), finetune_steps=75,
+                   prune_rounds=4),
+        ),
+        (
+            {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "finetune_steps": 75,
+             "regularize_steps": 75, "regularize_strength": 0.001, "prune_rounds": 4,
+             "distill_weight": 3.0, "precision": "int8", "calibration": "minmax",
+             "threshold": "per-region"},
+            Recipe(prune="structured", ratio=0.5, round_to=8, finetune_steps=75, prune_rounds=4,
+                   distill_weight=3.0, regularize_steps=75, regularize_strength=0.001,
+                   precision="int8", threshold="per-region"),
         ),
     ],
 )  # fmt: skip
@@ -85,6 +103,16 @@ def test_search_space_covers_every_method_within_bounds() -> None:
         if r.prune == "none":
             assert r.finetune_steps == 0  # nothing to recover from
         assert r.finetune_steps in FINETUNE_STEPS
+        assert r.prune_rounds in PRUNE_ROUNDS and r.distill_weight in DISTILL_WEIGHTS
+        if r.finetune_steps == 0:  # nothing to split or to distil into
+            assert r.prune_rounds == 1 and r.distill_weight == 0
+        assert r.regularize_steps in (0, max(FINETUNE_STEPS))
+        if r.prune not in ("structured", "pairs"):
+            assert r.regularize_steps == 0
+        if r.regularize_steps:
+            assert r.regularize_strength in REGULARIZE_STRENGTHS
+    for field in ("prune_rounds", "distill_weight", "regularize_steps", "regularize_strength"):
+        assert len({getattr(r, field) for r in recipes}) > 1, field  # every field is searched
 
 
 @pytest.mark.parametrize("name", ["unet2d-tiny", "unet2d-small", "cs231n-2d"])
@@ -181,6 +209,7 @@ def fake_compress(monkeypatch: pytest.MonkeyPatch, make_metrics: Any) -> dict[st
                 "artifact": "model.onnx",
             }
         state["calls"] += 1
+        state["kwargs"] = kw
         if state["calls"] in state["fail_on"]:
             raise RuntimeError(f"boom on call {state['calls']}")
         keep = 1.0 - recipe.ratio
@@ -219,6 +248,31 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(
         assert Path(t.user_attrs["trial_dir"]) == tmp_path / "out" / "s" / "trials" / str(t.number)
         assert Recipe.from_dict(t.user_attrs["recipe"]).label == t.user_attrs["label"]
         assert t.values[0] == t.user_attrs["metrics"]["val_dice"]["mean"]
+
+
+def test_recovery_recipe_round_trips_through_the_study_to_the_report_model(
+    fake_compress: dict[str, Any], fast_argv: list[str], tmp_path: Path
+) -> None:
+    from studies.pareto import DIRECTIONS, as_trial_model
+
+    out = tmp_path / "out"
+    storage = open_storage(journal_url(out / "s" / "study.journal"))
+    study = optuna.create_study(storage=storage, study_name="s", directions=list(DIRECTIONS))
+    study.enqueue_trial(
+        {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "regularize_steps": 75,
+         "regularize_strength": 0.01, "finetune_steps": 75, "prune_rounds": 4,
+         "distill_weight": 3.0, "precision": "fp32", "threshold": "per-region"}
+    )  # fmt: skip
+    assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
+    expected = Recipe(
+        prune="structured", ratio=0.5, round_to=8, finetune_steps=75, prune_rounds=4,
+        distill_weight=3.0, regularize_steps=75, regularize_strength=0.01, threshold="per-region",
+    )  # fmt: skip
+    (trial,) = _states(_load(out), TrialState.COMPLETE)
+    model = as_trial_model(trial)  # what studies.report turns into a row
+    assert Recipe.from_dict(model.recipe) == expected
+    assert model.label == expected.label == trial.user_attrs["label"]
+    assert fake_compress["kwargs"]["cache_dir"] == out / "s" / "cache"
 
 
 def test_rerun_resumes_and_counts_finished_trials(

@@ -1,0 +1,201 @@
+"""The recovery benchmark: structured 0.5 (round_to 8) with each recovery method, at equal
+fine-tune budget, judged on the test split with paired confidence intervals.
+
+    python -m studies.bench recovery --checkpoint runs/unet2d-small.pt --data runs/phantom.h5 \\
+        --finetune-steps 200 --out runs/bench/recovery
+
+Rows (`recovery_recipes`): (a) plain fine-tune, (b) distillation from the baseline, (c) gradual
+pruning, (d) group regularisation before pruning, (e) all three; every row spends the same
+``--finetune-steps`` on fine-tuning (the regularisation phase is paid once per study and cached
+in ``<out>/cache``, so it is reported separately, as ``--regularize-steps``). Thresholds are
+searched on val by `compress.pipeline.compress_checkpoint`, as in the sweep; the reference is
+the baseline through the sweep's identity recipe (dense fp32 ONNX, per-region thresholds on
+val). The test split is read only to score the finished models: per subject, paired against
+the reference (`unet.stats.paired_comparison`: Dice delta and 95% bootstrap CI per region and
+for the mean, non-inferiority at 1 / 3 Dice points).
+
+Writes ``recovery.json`` (every row: recipe, metrics, paired comparison, ratios) and
+``recovery.md`` (the table) into ``--out``. Size factor and ORT speed-up are ratios of the
+reference's and the candidate's measurements (median latencies of separate runs, so machine
+load moves them: compare rows of one run, never absolute milliseconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from compress.export import ort_forward, ort_session
+from compress.pipeline import compress_checkpoint
+from compress.recipe import Recipe
+from unet.checkpoint import read_checkpoint
+from unet.config import UNetConfig
+from unet.data.canonical import REGIONS, CanonicalDataset
+from unet.evaluate import evaluate_model
+from unet.stats import paired_comparison
+
+METHODS = ("a", "b", "c", "d", "e")
+NAMES = {
+    "a": "fine-tune",
+    "b": "distillation",
+    "c": "gradual",
+    "d": "regularised",
+    "e": "all three",
+}
+# the sweep's reference (studies.prune_sweep.BASELINE_RECIPE): dense fp32, per-region thresholds
+REFERENCE = Recipe(threshold="per-region")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverySettings:
+    """The knobs of the benchmark (primitives; stored in ``recovery.json``)."""
+
+    finetune_steps: int = 200
+    ratio: float = 0.5
+    round_to: int = 8
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    prune_rounds: int = 4
+    regularize_steps: int = 200
+    regularize_strength: float = 1e-2
+
+
+def recovery_recipes(s: RecoverySettings) -> dict[str, Recipe]:
+    """Rows a-e: structured ``ratio`` / ``round_to``, the same fine-tune budget in each."""
+    base = Recipe(
+        prune="structured",
+        ratio=s.ratio,
+        round_to=s.round_to,
+        finetune_steps=s.finetune_steps,
+        threshold="per-region",
+    )
+    distill = {"distill_weight": s.distill_weight, "distill_temperature": s.distill_temperature}
+    gradual = {"prune_rounds": s.prune_rounds}
+    regular = {
+        "regularize_steps": s.regularize_steps,
+        "regularize_strength": s.regularize_strength,
+    }
+    return {
+        "a": base,
+        "b": dataclasses.replace(base, **distill),
+        "c": dataclasses.replace(base, **gradual),
+        "d": dataclasses.replace(base, **regular),
+        "e": dataclasses.replace(base, **distill, **gradual, **regular),
+    }
+
+
+def held_out_scores(
+    run_dir: Path, data: CanonicalDataset, threshold: Any, threads: int
+) -> list[dict[str, Any]]:
+    """Per-subject test Dice of the ONNX model in ``run_dir`` (thresholds chosen on val)."""
+    payload = read_checkpoint(run_dir / "checkpoint.pt")
+    config = UNetConfig.from_dict(payload["config"])
+    forward = ort_forward(ort_session(run_dir / "model.onnx", threads=threads))
+    result = evaluate_model(
+        forward,
+        data,
+        "test",
+        threshold,
+        hd95=False,
+        spatial_dims=config.spatial_dims,
+        divisor=config.divisor,
+        patch_size=payload["meta"].get("patch_size"),
+    )
+    return result["per_subject"]
+
+
+def _ratio(ref: dict[str, Any], cand: dict[str, Any], key: str) -> float:
+    return ref["latency_ms"][key]["median"] / cand["latency_ms"][key]["median"]
+
+
+def run_recovery(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    settings: RecoverySettings,
+    *,
+    methods: Sequence[str] = METHODS,
+    threads: int = 2,
+    latency_runs: int = 50,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the reference and the chosen rows; return everything ``recovery.json`` holds."""
+    out, ds = Path(out), CanonicalDataset(data)
+    kw = {"threads": threads, "latency_runs": latency_runs, "seed": seed}
+    ref = compress_checkpoint(checkpoint, ds, REFERENCE, out / "reference", **kw)["compressed"]
+    ref_scores = held_out_scores(out / "reference", ds, ref["threshold"], threads)
+    recipes = recovery_recipes(settings)
+    rows: dict[str, Any] = {}
+    for key in methods:
+        start = time.perf_counter()
+        result = compress_checkpoint(
+            checkpoint,
+            ds,
+            recipes[key],
+            out / key,
+            baseline_metrics=ref,
+            cache_dir=out / "cache",
+            **kw,
+        )
+        cand = result["compressed"]
+        paired = paired_comparison(
+            held_out_scores(out / key, ds, cand["threshold"], threads), ref_scores
+        )
+        rows[key] = {
+            "method": NAMES[key],
+            "recipe": recipes[key].to_dict(),
+            "label": recipes[key].label,
+            "metrics": cand,
+            "test_paired": paired.to_dict(),
+            "compression_factor": ref["size_bytes"] / cand["size_bytes"],
+            "speedup_ort": _ratio(ref, cand, "ort_cpu"),
+            "wall_s": time.perf_counter() - start,
+        }
+    return {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "data_fingerprint": ds.fingerprint,
+        "settings": dataclasses.asdict(settings),
+        "threads": threads,
+        "reference": {"recipe": REFERENCE.to_dict(), "metrics": ref},
+        "test_subjects": len(ref_scores),
+        "rows": rows,
+    }
+
+
+def _ci(paired: dict[str, Any], key: str) -> str:
+    lo, hi = paired["ci95"][key]
+    return f"{paired['dice_delta'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def recovery_table(bench: dict[str, Any]) -> str:
+    """The markdown table: one row per method, test Dice deltas with 95% CIs vs the reference."""
+    ref = bench["reference"]["metrics"]
+    head = (
+        "| row | method | size MB | size x | ORT ms | ORT x | val Dice | test dDice mean [95% CI] "
+        + "".join(f"| d{r} [95% CI] " for r in REGIONS)
+        + "| non-inferior |"
+    )
+    lines = [
+        f"Structured {bench['settings']['ratio']} (round_to {bench['settings']['round_to']}), "
+        f"{bench['settings']['finetune_steps']} fine-tune steps per row; reference: "
+        f"{ref['size_bytes'] / 1e6:.3f} MB, ORT {ref['latency_ms']['ort_cpu']['median']:.2f} ms, "
+        f"val Dice {ref['val_dice']['mean']:.4f}; {bench['test_subjects']} test subjects, "
+        f"{bench['threads']} threads.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
+    for key, row in bench["rows"].items():
+        m, p = row["metrics"], row["test_paired"]
+        lines.append(
+            f"| {key} | {row['method']} | {m['size_bytes'] / 1e6:.3f} | "
+            f"{row['compression_factor']:.2f} | {m['latency_ms']['ort_cpu']['median']:.2f} | "
+            f"{row['speedup_ort']:.2f} | {m['val_dice']['mean']:.4f} | {_ci(p, 'mean')} "
+            + "".join(f"| {_ci(p, r)} " for r in REGIONS)
+            + f"| {'yes' if p['non_inferior'] else 'no'} |"
+        )
+    return "\n".join(lines)
