@@ -42,7 +42,6 @@ from typing import Any
 from compress.cast import cast_forward, cast_module, onnx_to_fp16
 from compress.export import check_parity, export_onnx, ort_forward, ort_session
 from compress.measure import measure
-from compress.prune import prune_pairs, prune_structured, prune_unstructured
 from compress.quantize import quantize_int8
 from compress.recipe import Recipe
 from compress.recovery import recover
@@ -67,17 +66,6 @@ def measure_spatial(model: UNet, data: CanonicalDataset, meta: dict[str, Any]) -
     d, h, w = data.shape(data.split("val")[0])
     sizes = (h, w) if cfg.spatial_dims == 2 else tuple(meta.get("patch_size") or DEFAULT_PATCH_3D)
     return tuple(round_up(s, cfg.divisor) for s in sizes)
-
-
-def prune_model(model: UNet, recipe: Recipe) -> UNet:
-    """Step 1: the recipe's pruning, returning a plain `UNet` (a new one if structure changed)."""
-    if recipe.prune == "unstructured":
-        return prune_unstructured(model, recipe.ratio)
-    if recipe.prune == "structured":
-        return prune_structured(model, recipe.ratio, round_to=recipe.round_to)
-    if recipe.prune == "pairs":
-        return prune_pairs(model, recipe.level_ratios, round_to=recipe.round_to)
-    return model
 
 
 @dataclass(frozen=True)
