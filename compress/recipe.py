@@ -21,6 +21,7 @@ PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("fixed", "global", "per-region")
+RUNTIMES = ("ort", "openvino", "torch")  # where the artifact is deployed (compress.runners)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Recipe:
     * ``precision``: ``fp32`` | ``fp16`` | ``bf16`` | ``int8`` (ONNX Runtime static QDQ);
       ``calibration``: int8 calibration method, on ``calibration_samples`` training inputs.
     * ``threshold``: ``fixed`` (keep the baseline's) | ``global`` | ``per-region`` search on val.
+    * ``runtime``: the deployment runtime the artifact is built for: ``ort`` (ONNX file; int8 =
+      ORT static QDQ), ``openvino`` (IR ``model.xml``/``.bin``; int8 = NNCF, bf16 = OpenVINO's
+      bf16 inference) or ``torch`` (the checkpoint; fp32/fp16/bf16, no int8).
     """
 
     prune: str = "none"
@@ -47,6 +51,7 @@ class Recipe:
     calibration: str = "minmax"
     calibration_samples: int = 32
     threshold: str = "global"
+    runtime: str = "ort"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_ratios", tuple(float(r) for r in self.level_ratios))
@@ -58,6 +63,9 @@ class Recipe:
         _choice("precision", self.precision, PRECISIONS)
         _choice("calibration", self.calibration, CALIBRATIONS)
         _choice("threshold", self.threshold, THRESHOLD_MODES)
+        _choice("runtime", self.runtime, RUNTIMES)
+        if self.runtime == "torch" and self.precision == "int8":
+            raise ValueError("recipe: precision int8 needs runtime ort or openvino, not torch")
         _ratio("ratio", self.ratio)
         for i, r in enumerate(self.level_ratios):
             _ratio(f"level_ratios[{i}]", r)
@@ -86,7 +94,8 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``."""
+        """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``
+        (``@openvino`` / ``@torch`` appended for those runtimes)."""
         parts = []
         if self.prune == "pairs":
             parts.append("pairs[" + ",".join(f"{r:.2f}" for r in self.level_ratios) + "]")
@@ -100,7 +109,8 @@ class Recipe:
             parts.append(f"ft{self.finetune_steps}")
         parts.append(f"int8({self.calibration})" if self.precision == "int8" else self.precision)
         parts.append(self.threshold)
-        return "+".join(parts)
+        label = "+".join(parts)
+        return label if self.runtime == "ort" else f"{label}@{self.runtime}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

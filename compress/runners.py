@@ -24,9 +24,11 @@ shape. torch calls use torch's global thread count: wrap timing in `torch_thread
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,28 @@ def latency_call(
     session = ort_session(artifact, threads=threads, provider=backend.removeprefix("ort_"))
     feed = {session.get_inputs()[0].name: x}
     return lambda: session.run(None, feed)
+
+
+def reference_calls(
+    model: nn.Module, input_shape: Sequence[int], backends: Iterable[str], *, threads: int
+) -> dict[str, Callable[[], object]]:
+    """The reference's timed calls, one per backend that runs here: ``model`` in fp32 (its ONNX
+    export for ``ort_*`` / ``ov_cpu`` with the f32 hint, a copy of the module for ``torch_*``).
+
+    Keep the returned dict alive for as long as candidates are compared with it (a sweep
+    worker keeps it for the whole study); the temporary ONNX file is gone when this returns.
+    """
+    from compress.export import export_onnx
+
+    calls: dict[str, Callable[[], object]] = {}
+    wanted = [b for b in dict.fromkeys(backends) if unavailable_reason(b) is None]
+    with tempfile.TemporaryDirectory(prefix="unet-compress-reference-") as tmp:
+        onnx_path = None
+        for backend in wanted:
+            if RUNTIMES[backend] == "torch":
+                target: str | os.PathLike[str] | nn.Module = copy.deepcopy(model).float()
+            else:
+                onnx_path = onnx_path or export_onnx(model, Path(tmp) / "reference.onnx")
+                target = onnx_path
+            calls[backend] = latency_call(backend, target, input_shape, threads=threads)
+    return calls

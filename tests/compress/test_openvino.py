@@ -10,7 +10,7 @@ import torch
 
 from compress import openvino as cov
 from compress.export import export_onnx
-from compress.measure import file_sizes, measure
+from compress.measure import file_sizes
 from unet import zoo
 
 needs_ov = pytest.mark.skipif(
@@ -108,15 +108,3 @@ def test_bad_input_writes_nothing(tmp_path: Path, make, error: type) -> None:
     with pytest.raises(error):
         make(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
-
-
-@needs_ov
-def test_measure_ov_cpu_backend(tmp_path: Path) -> None:
-    model = zoo.create("unet2d-tiny").eval()
-    onnx_path = export_onnx(model, tmp_path / "m.onnx")
-    xml = cov.onnx_to_ir(onnx_path, tmp_path / "m.xml")
-    m = measure(
-        model, (32, 32), ir_path=xml, artifact=cov.ir_files(xml), backends=("ov_cpu",), runs=20
-    )
-    assert set(m.latency) == {"ov_cpu"} and m.latency["ov_cpu"].median_ms > 0
-    assert m.size_bytes == xml.stat().st_size + cov.bin_path(xml).stat().st_size
