@@ -71,7 +71,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from compress.recipe import Recipe
+from compress.runners import LATENCY_BACKENDS, RUNTIMES
 from studies import defaults
-from studies.pareto import CONSTRAINT, DIRECTIONS, OBJECTIVES
+from studies.pareto import CONSTRAINT, DIRECTIONS, OBJECTIVES, latency_objective_ms
 from studies.storage import (
     WORKER_ATTR,
     StorageError,
@@ -100,6 +101,13 @@ LEVEL_RATIOS = (0.0, 0.75, 0.25)  # per U-Net level, pairs only
 ROUND_TO = (1, 8)
 FINETUNE_STEPS = (0, 25, 75)  # short: the default run must fit 24 trials in 15 minutes
 PRECISIONS = ("fp32", "fp16", "int8")  # bf16 has no ONNX Runtime CPU path: not searched
+# the precisions searched per deployment runtime (`compress.deploy`): OpenVINO runs bf16 itself
+# (a precision of its own, on CPUs with bf16 units); PyTorch has no int8 path here
+RUNTIME_PRECISIONS = {
+    "ort": PRECISIONS,
+    "openvino": ("fp32", "fp16", "bf16", "int8"),
+    "torch": ("fp32", "fp16", "bf16"),
+}
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("global", "per-region")
 N_STARTUP_TRIALS = 10
@@ -126,6 +134,27 @@ class SweepSpec:
     latency_runs: int = 20
     max_dice_drop: float = 0.05
     finetune_steps: tuple[int, ...] = FINETUNE_STEPS
+    latency_backend: str = "ort_cpu"
+    round_to: int = ROUND_TO[-1]
+
+    @property
+    def runtime(self) -> str:
+        """The runtime every trial's artifact is built for (`compress.recipe.RUNTIMES`)."""
+        return RUNTIMES[self.latency_backend]
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Where each artifact is timed: the objective's backend first, then the runtime's
+        usual ones (`compress.deploy.latency_backends`)."""
+        from compress.deploy import latency_backends
+
+        others = latency_backends(self.runtime, self.device)
+        return tuple(dict.fromkeys((self.latency_backend, *others)))
+
+    @property
+    def baseline_recipe(self) -> Recipe:
+        """`BASELINE_RECIPE` deployed on this sweep's runtime (dense fp32)."""
+        return replace(BASELINE_RECIPE, runtime=self.runtime)
 
 
 # ------------------------------------------------------------------ search space
@@ -154,12 +183,16 @@ def suggest_recipe(
     levels: int,
     finetune_steps: Sequence[int] = FINETUNE_STEPS,
     unstructured_max: float = UNSTRUCTURED_RATIOS[1],
+    *,
+    round_to_choices: Sequence[int] = ROUND_TO,
+    precisions: Sequence[str] = PRECISIONS,
 ) -> Recipe:
     """Sample one recipe (define-by-run: parameters exist only where they apply).
 
     ``levels``: the baseline's U-Net levels (one pair ratio each); ``finetune_steps``: the
     fine-tune step counts to choose from after pruning; ``unstructured_max``: the largest
-    unstructured ratio (`unstructured_limit` of the baseline).
+    unstructured ratio (`unstructured_limit` of the baseline); ``round_to_choices`` and
+    ``precisions``: the values searched (the sweep's, from the machine and the runtime).
     """
     method = trial.suggest_categorical("prune", PRUNE_METHODS)
     ratio, level_ratios, round_to, finetune = 0.0, (), 1, 0
@@ -176,10 +209,10 @@ def suggest_recipe(
             trial.suggest_float(f"level_ratio_{i}", lo, hi, step=step) for i in range(levels)
         )
     if method in ("structured", "pairs"):
-        round_to = trial.suggest_categorical("round_to", ROUND_TO)
+        round_to = trial.suggest_categorical("round_to", tuple(round_to_choices))
     if method != "none":
         finetune = trial.suggest_categorical("finetune_steps", tuple(finetune_steps))
-    precision = trial.suggest_categorical("precision", PRECISIONS)
+    precision = trial.suggest_categorical("precision", tuple(precisions))
     calibration = (
         trial.suggest_categorical("calibration", CALIBRATIONS) if precision == "int8" else "minmax"
     )
@@ -212,17 +245,42 @@ def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
 # ------------------------------------------------------------------ one trial
 
 
-def objective_values(metrics: dict[str, Any]) -> tuple[float, float, float]:
-    """(val mean Dice, deployable size in bytes, ORT CPU median latency in ms) of an M dict."""
+def objective_values(
+    metrics: dict[str, Any], backend: str = "ort_cpu", reference_ms: float | None = None
+) -> tuple[float, float, float]:
+    """(val mean Dice, deployable size in bytes, latency in ms on ``backend``) of an M dict.
+
+    The latency is the baseline's median ``reference_ms`` (measured once per study) divided by
+    the trial's paired speed-up on that backend (`studies.pareto.latency_objective_ms`).
+    """
     return (
         float(metrics["val_dice"]["mean"]),
         float(metrics["size_bytes"]),
-        float(metrics["latency_ms"]["ort_cpu"]["median"]),
+        latency_objective_ms(metrics, backend, reference_ms),
     )
 
 
-def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float]:
-    """The objective: compress the baseline with a sampled recipe, measure it on val."""
+def worker_references(spec: SweepSpec) -> dict[str, Any]:
+    """The baseline's timed calls on the sweep's backends, opened once per worker and kept for
+    the whole study (`compress.runners.reference_calls`)."""
+    from compress.pipeline import measure_spatial
+    from compress.runners import reference_calls
+    from unet.checkpoint import load_checkpoint
+    from unet.data.canonical import CanonicalDataset
+
+    model, meta = load_checkpoint(spec.baseline)
+    spatial = measure_spatial(model, CanonicalDataset(spec.data), meta)
+    shape = (1, model.config.in_channels, *spatial)
+    return reference_calls(model, shape, spec.backends, threads=spec.threads)
+
+
+def run_trial(
+    trial: optuna.Trial, spec: SweepSpec, references: dict[str, Any] | None = None
+) -> tuple[float, float, float]:
+    """The objective: compress the baseline with a sampled recipe, measure it on val.
+
+    ``references``: the baseline's timed calls (`worker_references`); built per trial if None.
+    """
     from compress.pipeline import compress_checkpoint
 
     trial.set_user_attr(WORKER_ATTR, worker_identity())
@@ -230,8 +288,14 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float
     info = trial.study.user_attrs
     sweep = info["sweep"]
     recipe = suggest_recipe(
-        trial, int(sweep["levels"]), spec.finetune_steps, float(sweep["unstructured_max"])
+        trial,
+        int(sweep["levels"]),
+        spec.finetune_steps,
+        float(sweep["unstructured_max"]),
+        round_to_choices=sweep.get("round_to_choices", ROUND_TO),
+        precisions=sweep.get("precisions", PRECISIONS),
     )
+    recipe = replace(recipe, runtime=spec.runtime)
     trial_dir = Path(spec.study_dir) / "trials" / str(trial.number)
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("label", recipe.label)
@@ -247,17 +311,23 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float
             device=spec.device,
             baseline_metrics=info["baseline_metrics"],
             seed=spec.seed,
+            backends=spec.backends,
+            references=references,
         )
     except Exception as exc:
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         raise
     metrics = result["compressed"]
+    backend = spec.latency_backend
+    reference_ms = info["baseline_metrics"]["latency_ms"][backend]["median"]
+    values = objective_values(metrics, backend, reference_ms)
+    metrics["latency_objective_ms"] = values[2]
     trial.set_user_attr("metrics", metrics)  # the threshold curve stays in the folder
     trial.set_user_attr("artifact", result.get("artifact", "model.onnx"))
     drop = float(info["baseline_metrics"]["val_dice"]["mean"]) - float(metrics["val_dice"]["mean"])
     trial.set_user_attr("dice_drop", drop)
     trial.set_constraint(CONSTRAINT, drop - spec.max_dice_drop)
-    return objective_values(metrics)
+    return values
 
 
 def trial_summary(trial: FrozenTrial) -> str:
@@ -269,9 +339,13 @@ def trial_summary(trial: FrozenTrial) -> str:
         return f"trial {trial.number:>3} {trial.state.name}  {label}  {error}".rstrip()
     dice, size, latency = trial.values
     mark = "" if all(v <= 0 for v in trial.constraints.values()) else "  (infeasible)"
+    speedups = {
+        k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k.startswith("speedup_")
+    }
+    paired = " ".join(f"{k.removeprefix('speedup_')} {v:.2f}x" for k, v in speedups.items())
     return (
         f"trial {trial.number:>3}  {label:<44} size {size / 1e6:7.3f} MB  "
-        f"ORT {latency:7.2f} ms  val Dice {dice:.4f}{mark}"
+        f"{latency:7.2f} ms  val Dice {dice:.4f}{'  ' + paired if paired else ''}{mark}"
     )
 
 
@@ -330,8 +404,9 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
         _Report(bar),
     ]
     before = len(study.get_trials(deepcopy=False))
+    references = worker_references(spec)  # kept open for the whole study
     study.optimize(
-        lambda trial: run_trial(trial, spec),
+        lambda trial: run_trial(trial, spec, references),
         timeout=spec.timeout_s,
         callbacks=callbacks,
         catch=(Exception,),
@@ -437,7 +512,7 @@ def prepare_study(
         "unstructured_max": unstructured_limit(baseline),
         "study_dir": str(Path(spec.study_dir).resolve()),
         "baseline_dir": str((Path(spec.study_dir) / "baseline").resolve()),
-        "baseline_recipe": BASELINE_RECIPE.to_dict(),
+        "baseline_recipe": spec.baseline_recipe.to_dict(),
         "seed": spec.seed,
         "threads": spec.threads,
         "device": spec.device,
@@ -445,18 +520,25 @@ def prepare_study(
         "max_dice_drop": spec.max_dice_drop,
         "finetune_steps": list(spec.finetune_steps),
         "objectives": list(OBJECTIVES),
+        "latency_backend": spec.latency_backend,
+        "round_to_choices": sorted({1, spec.round_to}),
+        "precisions": list(RUNTIME_PRECISIONS[spec.runtime]),
     }
     stored = study.user_attrs.get("sweep")
     if stored is not None:
+        old_defaults = {"latency_backend": "ort_cpu", "round_to_choices": list(ROUND_TO)}
         for key, what in (
             ("data_fingerprint", "data"),
             ("baseline_sha256", "baseline"),
             ("finetune_steps", "finetune_steps"),
+            ("latency_backend", "latency_backend"),
+            ("round_to_choices", "round_to_choices"),
         ):
-            if stored.get(key) != info[key]:
+            if stored.get(key, old_defaults.get(key)) != info[key]:
                 raise ValueError(
                     f"study {spec.study_name!r} in this storage was run with another {what} "
-                    f"({stored.get(what)}); pick another --study-name or --storage"
+                    f"({stored.get(what, old_defaults.get(key))}); pick another --study-name "
+                    "or --storage"
                 )
         if stored.get("threads") != spec.threads:
             print(
@@ -476,12 +558,13 @@ def prepare_study(
         result = compress_checkpoint(
             spec.baseline,
             spec.data,
-            BASELINE_RECIPE,
+            spec.baseline_recipe,
             Path(spec.study_dir) / "baseline",
             threads=spec.threads,
             latency_runs=spec.latency_runs,
             device=spec.device,
             seed=spec.seed,
+            backends=spec.backends,
         )
         study.set_user_attr("baseline_metrics", result["compressed"])
         study.set_user_attr("baseline_as_trained", result["baseline"])
@@ -565,6 +648,20 @@ def _parser() -> argparse.ArgumentParser:
         default=0.05,
         help="val mean-Dice loss vs the baseline above which a trial is infeasible",
     )
+    p.add_argument(
+        "--latency-backend",
+        choices=LATENCY_BACKENDS,
+        default=None,
+        help="deployment target of the latency objective; each trial's artifact is built for "
+        "its runtime (default: the fastest CPU runtime installed: ov_cpu if openvino imports, "
+        "else ort_cpu)",
+    )
+    p.add_argument(
+        "--round-to",
+        default="auto",
+        help="structured/pair widths are searched unrounded or rounded to this multiple; "
+        "'auto': this CPU's SIMD width (compress.simd: 16 with AVX-512, 8 with AVX2)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the report and figures")
     return p
 
@@ -601,6 +698,7 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--max-dice-drop must be in (0, 1], got {args.max_dice_drop}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
+    _resolve_runtime_flags(parser, args)
     if args.baseline is None and args.model not in zoo.names():
         parser.error(f"--model {args.model!r}: unknown zoo model; known: {', '.join(zoo.names())}")
     if args.data is not None:
@@ -624,6 +722,32 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
             open_storage(args.storage)  # parses the URL and connects
         except StorageError as exc:
             parser.error(f"--storage: {exc}")
+
+
+def _resolve_runtime_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--latency-backend`` (default: the fastest CPU runtime installed; one ``error:`` line
+    when it cannot run here) and ``--round-to`` (``auto``: `compress.simd.default_round_to`)."""
+    from compress import openvino
+    from compress.runners import fastest_cpu_backend, unavailable_reason
+    from compress.simd import default_round_to
+
+    if args.latency_backend is None:
+        args.latency_backend = fastest_cpu_backend()
+    backend = args.latency_backend
+    # ov_cpu trials may be int8: NNCF is needed as well as openvino
+    reason = openvino.unavailable_reason(int8=True) if backend == "ov_cpu" else None
+    reason = reason or unavailable_reason(backend)
+    if reason:
+        parser.error(f"--latency-backend {backend}: {reason}")
+    if args.round_to == "auto":
+        args.round_to = default_round_to()
+    else:
+        try:
+            args.round_to = int(args.round_to)
+        except ValueError:
+            parser.error(f"--round-to must be an integer >= 1 or 'auto', got {args.round_to!r}")
+        if args.round_to < 1:
+            parser.error(f"--round-to must be an integer >= 1 or 'auto', got {args.round_to}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -658,6 +782,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_runs=args.latency_runs,
         max_dice_drop=args.max_dice_drop,
         finetune_steps=tuple(args.finetune_steps),
+        latency_backend=args.latency_backend,
+        round_to=args.round_to,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -668,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(
         f"study {study_name!r} in {display_url(spec.storage)}: target {spec.trials} complete trials, "
-        f"{args.workers} worker(s) x {threads} thread(s)",
+        f"{args.workers} worker(s) x {threads} thread(s); latency on {spec.latency_backend} "
+        f"({spec.runtime} artifacts), round_to {sorted({1, spec.round_to})}",
         file=sys.stderr,
     )
     run_workers(spec, args.workers)

@@ -6,9 +6,10 @@
 writes ``<study folder>/report.md``, ``pareto.csv`` and ``pareto.json`` (``--out`` to put them
 elsewhere). The baseline row comes first, then one row per Pareto model (best validation Dice
 first): recipe, params, size (deployable and zlib-compressed), compression factor and ONNX
-Runtime / PyTorch latency speed-up vs the baseline, val and test Dice per region and mean, and
-test HD95. Each Pareto model is evaluated through its deployable artifact (``model.onnx`` in ONNX
-Runtime) with its stored threshold(s); the baseline through its checkpoint with its stored
+Runtime / OpenVINO / PyTorch latency speed-up vs the baseline (paired: both timed in alternating
+rounds, `compress.timing`), val and test Dice per region and mean, and test HD95. Each Pareto
+model is evaluated through its deployable artifact (``model.onnx`` in ONNX Runtime,
+``model.xml`` in OpenVINO) with its stored threshold(s); the baseline through its checkpoint with its stored
 threshold. The Pareto set itself is `optuna.Study.best_trials` (validation objectives, feasible
 trials only): the test split never influences which models are reported.
 """
@@ -27,7 +28,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from studies.pareto import TrialModel, baseline_model, load_study, sweep_info, trial_models
+from studies.pareto import (
+    LATENCY_NAMES,
+    TrialModel,
+    baseline_model,
+    load_study,
+    sweep_info,
+    trial_models,
+)
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.io import write_text_atomic
 
@@ -46,6 +54,9 @@ COLUMNS = (
     "latency_ms_ort",
     "latency_iqr_ms_ort",
     "speedup_ort",
+    "latency_ms_ov",
+    "latency_iqr_ms_ov",
+    "speedup_ov",
     "latency_ms_torch",
     "speedup_torch",
     *(f"threshold_{r}" for r in REGIONS),
@@ -74,15 +85,25 @@ def evaluate_test(
     )
 
 
+# report column suffix -> latency backend
+SHORT_BACKENDS = {"ort": "ort_cpu", "ov": "ov_cpu", "torch": "torch_cpu"}
+
+
+def speedup(m: dict[str, Any], base: dict[str, Any], backend: str) -> float | None:
+    """The paired speed-up vs the baseline on ``backend`` (``speedup_<backend>``, measured in
+    alternating rounds); for metrics without it, the ratio of the two medians; None if unmeasured."""
+    if f"speedup_{backend}" in m:
+        return float(m[f"speedup_{backend}"])
+    mine, theirs = m["latency_ms"].get(backend), base["latency_ms"].get(backend)
+    if mine and theirs:
+        return float(theirs["median"]) / float(mine["median"])
+    return None
+
+
 def _row(
     trial: str, label: str, m: dict[str, Any], base: dict[str, Any], test: dict[str, Any]
 ) -> dict[str, Any]:
     lat = m["latency_ms"]
-    ort, torch_ = lat["ort_cpu"]["median"], lat.get("torch_cpu", {}).get("median")
-    b_ort, b_torch = (
-        base["latency_ms"]["ort_cpu"]["median"],
-        base["latency_ms"].get("torch_cpu", {}).get("median"),
-    )
     row: dict[str, Any] = {
         "trial": trial,
         "recipe": label,
@@ -93,12 +114,12 @@ def _row(
         "size_compressed_bytes": m["size_compressed_bytes"],
         "compression_factor": base["size_bytes"] / m["size_bytes"],
         "compression_factor_compressed": base["size_compressed_bytes"] / m["size_compressed_bytes"],
-        "latency_ms_ort": ort,
-        "latency_iqr_ms_ort": lat["ort_cpu"].get("iqr"),
-        "speedup_ort": b_ort / ort,
-        "latency_ms_torch": torch_,
-        "speedup_torch": b_torch / torch_ if b_torch and torch_ else None,
     }
+    for short, backend in SHORT_BACKENDS.items():
+        row[f"latency_ms_{short}"] = lat.get(backend, {}).get("median")
+        if short != "torch":
+            row[f"latency_iqr_ms_{short}"] = lat.get(backend, {}).get("iqr")
+        row[f"speedup_{short}"] = speedup(m, base, backend)
     row.update({f"threshold_{r}": float(m["threshold"][r]) for r in REGIONS})
     row.update({f"val_dice_{r}": float(m["val_dice"][r]) for r in _R})
     row.update({f"test_dice_{r}": float(test["dice"][r]) for r in _R})
@@ -185,8 +206,12 @@ def build_rows(
     return rows
 
 
-def summary_line(rows: Sequence[dict[str, Any]], max_loss: float = MAX_DICE_LOSS) -> str:
-    """Best compression factor and ORT speed-up among models within ``max_loss`` test Dice."""
+def summary_line(
+    rows: Sequence[dict[str, Any]], max_loss: float = MAX_DICE_LOSS, backend: str = "ort_cpu"
+) -> str:
+    """Best compression factor and speed-up on ``backend`` among models within ``max_loss``
+    test Dice."""
+    key = "speedup_" + _short(backend)
     base = rows[0]["test_dice_mean"]
     ok = [r for r in rows[1:] if base - r["test_dice_mean"] <= max_loss]
     points = "1 point" if max_loss == 0.01 else f"{100 * max_loss:g} points"
@@ -195,14 +220,19 @@ def summary_line(rows: Sequence[dict[str, Any]], max_loss: float = MAX_DICE_LOSS
             f"No Pareto model stays within {points} of the baseline's test mean Dice ({base:.4f})."
         )
     size = max(ok, key=lambda r: r["compression_factor"])
-    speed = max(ok, key=lambda r: r["speedup_ort"])
+    speed = max(ok, key=lambda r: r.get(key) or 0.0)
+    name = LATENCY_NAMES.get(backend, backend)
     return (
         f"Best at <= {points} of mean-Dice loss on test (baseline {base:.4f}): "
         f"**{size['compression_factor']:.1f}x smaller** (trial {size['trial']}, {size['recipe']}, "
-        f"test Dice {size['test_dice_mean']:.4f}) and an ONNX Runtime speed-up of "
-        f"**{speed['speedup_ort']:.2f}x** (trial {speed['trial']}, {speed['recipe']}, test Dice "
+        f"test Dice {size['test_dice_mean']:.4f}) and an {name} speed-up of "
+        f"**{speed.get(key) or 0.0:.2f}x** (trial {speed['trial']}, {speed['recipe']}, test Dice "
         f"{speed['test_dice_mean']:.4f})."
     )
+
+
+def _short(backend: str) -> str:
+    return {v: k for k, v in SHORT_BACKENDS.items()}.get(backend, backend)
 
 
 def _fmt(value: Any) -> str:
@@ -222,23 +252,26 @@ def rows_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def _markdown_table(rows: Sequence[dict[str, Any]], backend: str = "ort_cpu") -> str:
     def mb(n: float) -> str:
         return f"{n / 1e6:.3f}"
 
     def opt(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
+    short = _short(backend)
+    name = {"ort": "ORT", "ov": "OpenVINO"}.get(short, short)
     header = (
-        "| trial | recipe | params | size MB | zlib MB | factor | ORT ms | ORT x | torch ms "
-        "| torch x | val Dice | test Dice WT | TC | ET | mean | test HD95 mean |"
+        f"| trial | recipe | params | size MB | zlib MB | factor | {name} ms | {name} x "
+        "| torch ms | torch x | val Dice | test Dice WT | TC | ET | mean | test HD95 mean |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['trial']} | {r['recipe']} | {r['params']:,} | {mb(r['size_bytes'])} "
             f"| {mb(r['size_compressed_bytes'])} | {r['compression_factor']:.2f} "
-            f"| {r['latency_ms_ort']:.2f} | {r['speedup_ort']:.2f} "
+            f"| {opt(r.get(f'latency_ms_{short}'), '.2f')} "
+            f"| {opt(r.get(f'speedup_{short}'), '.2f')} "
             f"| {opt(r['latency_ms_torch'], '.2f')} | {opt(r['speedup_torch'], '.2f')} "
             f"| {r['val_dice_mean']:.4f} | {r['test_dice_WT']:.4f} | {r['test_dice_TC']:.4f} "
             f"| {r['test_dice_ET']:.4f} | {r['test_dice_mean']:.4f} | {r['test_hd95_mean']:.2f} |"
@@ -264,22 +297,26 @@ def report_markdown(
     machine = study.user_attrs.get("machine")
     trained = study.user_attrs.get("baseline_as_trained")
     as_trained = f"{trained['val_dice']['mean']:.4f}" if trained else "not recorded"
+    backend = info.get("latency_backend", "ort_cpu")
+    name = LATENCY_NAMES.get(backend, backend)
     return f"""# Compression sweep `{study.study_name}`: held-out report
 
-{summary_line(rows)}
+{summary_line(rows, backend=backend)}
 
 The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: val
-mean Dice, deployable size, ONNX Runtime CPU median latency at batch 1; feasible = val mean-Dice
+mean Dice, deployable size, {name} latency at batch 1; feasible = val mean-Dice
 loss vs the baseline <= {info["max_dice_drop"]}). Each model was then evaluated once on the
 **test** split with its stored threshold(s) (Dice and HD95 per subject volume, averaged).
 The baseline row is the trained model as dense fp32 ONNX with its thresholds searched on val per
 region, exactly like every trial's (as trained, with its stored threshold: val mean Dice
 {as_trained}).
 
-{_markdown_table(rows)}
+{_markdown_table(rows, backend)}
 
-*factor*: baseline size / size (deployable artifact); *ORT x*, *torch x*: latency speed-up vs
-the baseline (median of {info["latency_runs"]} timed runs, batch 1, {info["threads"]} thread(s));
+*factor*: baseline size / size (deployable artifact); *x*: latency speed-up vs the baseline on
+the same backend, paired: the median over {info["latency_runs"]} rounds in which the model and
+the baseline ran back to back (batch 1, {info["threads"]} thread(s)), so machine load cancels;
+*ms*: the model's own median (for information, taken under whatever load there was);
 *zlib MB*: compressed artifact size (what unstructured sparsity saves). Full columns (HD95 and
 thresholds per region, IQRs, MACs): `pareto.csv`.
 

@@ -119,6 +119,8 @@ def test_unstructured_limit_is_the_last_ratio_that_deletes_no_layer(name: str) -
 
 # ------------------------------------------------------------------ bad input
 
+_NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),
@@ -134,6 +136,20 @@ def test_unstructured_limit_is_the_last_ratio_that_deletes_no_layer(name: str) -
         (["--out", "{tmp}/file.txt/sub"], "--out {tmp}/file.txt/sub: not a writable folder"),
         (["--baseline", "{tmp}/file.txt"], "--baseline"),
         (["--latency-runs", "3"], "--latency-runs must be >= 20"),
+        (["--latency-backend", "tensorrt"], "invalid choice: 'tensorrt'"),
+        (["--round-to", "eight"], "--round-to must be an integer >= 1 or 'auto', got 'eight'"),
+        (["--round-to", "0"], "--round-to must be an integer >= 1 or 'auto', got 0"),
+        # the CUDA backends on a machine without a GPU (selection and error path only)
+        pytest.param(
+            ["--latency-backend", "torch_cuda"],
+            "--latency-backend torch_cuda: CUDA is not available",
+            marks=_NO_GPU,
+        ),
+        pytest.param(
+            ["--latency-backend", "ort_cuda"],
+            "--latency-backend ort_cuda: CUDA is not available",
+            marks=_NO_GPU,
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error_before_any_work(
@@ -492,3 +508,85 @@ def test_postgres_storage_two_machines_join_one_study(
             if p.poll() is None:
                 p.kill()
         optuna.delete_study(study_name=name, storage=open_storage(url))
+
+
+# ------------------------------------------------------------------ latency backend and objective
+
+
+def test_missing_openvino_is_one_error_line(
+    fast_argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    monkeypatch.setattr(
+        "compress.openvino.unavailable_reason", lambda int8=False: "openvino not installed"
+    )
+    with pytest.raises(SystemExit) as exc:
+        main([*fast_argv, "--latency-backend", "ov_cpu"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: --latency-backend ov_cpu: openvino not installed")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("importable", "expected"), [(True, "ov_cpu"), (False, "ort_cpu")])
+def test_default_backend_is_the_fastest_cpu_runtime_installed(
+    monkeypatch: pytest.MonkeyPatch, importable: bool, expected: str
+) -> None:
+    import importlib.util
+
+    from compress.runners import fastest_cpu_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (real(name, *a) if importable else None) if name == "openvino" else real(name, *a)
+        ),
+    )
+    assert fastest_cpu_backend() == expected
+
+
+@pytest.mark.parametrize("backend", ["ort_cpu", "ov_cpu"])
+def test_objective_is_reference_median_over_paired_speedup(
+    fake_compress: dict[str, Any],
+    fast_argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+) -> None:
+    """Each trial's recipe is built for the backend's runtime, timed there paired against the
+    worker's reference calls; objective = the baseline's median (once) / paired speed-up."""
+    import compress.pipeline
+    from compress.openvino import unavailable_reason
+
+    if backend == "ov_cpu" and unavailable_reason(int8=True):
+        pytest.skip(f"OpenVINO/NNCF: {unavailable_reason(int8=True)}")
+    fake = compress.pipeline.compress_checkpoint
+    seen: list[dict[str, Any]] = []
+
+    def paired(baseline, data, recipe, out_dir, **kw):  # noqa: ANN001, ANN003
+        result = fake(baseline, data, recipe, out_dir, **kw)
+        seen.append({"recipe": recipe, **kw})
+        base = result["compressed"]
+        base["latency_ms"][backend] = {"median": 5.1, "iqr": 0.1}  # the baseline's, once
+        if Path(out_dir).name != "baseline":
+            result["compressed"][f"speedup_{backend}"] = 2.0 + recipe.ratio
+        return result
+
+    monkeypatch.setattr(compress.pipeline, "compress_checkpoint", paired)
+    assert main([*fast_argv, "--trials", "2", "--no-report", "--latency-backend", backend]) == 0
+    study = _load(tmp_path / "out")
+    runtime = {"ort_cpu": "ort", "ov_cpu": "openvino"}[backend]
+    assert study.user_attrs["sweep"]["latency_backend"] == backend
+    assert study.user_attrs["sweep"]["baseline_recipe"]["runtime"] == runtime
+    trials = seen[1:]
+    assert len(trials) == 2
+    for call in trials:
+        assert call["recipe"].runtime == runtime
+        assert call["backends"][0] == backend
+        assert set(call["references"]) >= {backend}  # the worker's reference calls, reused
+        assert call["references"] is trials[0]["references"]
+    for t in _states(study, TrialState.COMPLETE):
+        ratio = Recipe.from_dict(t.user_attrs["recipe"]).ratio
+        assert t.values[2] == pytest.approx(5.1 / (2.0 + ratio))
+        assert t.user_attrs["metrics"]["latency_objective_ms"] == pytest.approx(t.values[2])
