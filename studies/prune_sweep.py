@@ -10,9 +10,21 @@ Each trial samples a `compress.recipe.Recipe` (pruning method and ratio(s), fine
 precision and int8 calibration, threshold mode), runs `compress.apply.compress_checkpoint` into
 its own folder ``<out>/<study>/trials/<number>/`` (``model.onnx``, ``checkpoint.pt``,
 ``recipe.json``, ``metrics.json``) and returns three objectives, all on the **validation**
-split: mean Dice (maximise), deployable artifact size in bytes (minimise) and median ONNX
-Runtime CPU latency at batch 1 in ms (minimise). The test split is read only afterwards, by
-the report (`studies.report`), for the Pareto models chosen on validation.
+split: mean Dice (maximise), deployable artifact size in bytes (minimise) and latency at batch
+1 in ms on the deployment target (minimise). The test split is read only afterwards, by the
+report (`studies.report`), for the Pareto models chosen on validation.
+
+Latency objective: ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (default:
+the fastest CPU runtime installed, ``ov_cpu`` when openvino imports, else ``ort_cpu``; a backend
+that cannot run here is one ``error:`` line before any work). Every trial's artifact is built
+for that backend's runtime (``Recipe.runtime``: ONNX for ORT, an OpenVINO IR with NNCF int8 for
+OpenVINO, the checkpoint for torch), so the objective is the deployed latency. Each worker
+opens the baseline's fp32 session on that backend once and keeps it for the whole study
+(`worker_references`); each trial is timed against it in alternating rounds
+(`compress.timing.paired_latency`) and its objective is the baseline's median, measured once
+when the study was prepared, divided by the paired speed-up: machine load during a trial moves
+both sides of every round and cancels in the ratio. The trial's own medians stay in its metrics
+for information.
 
 **No arguments** = the embedded default (`studies.defaults`): the default phantom is generated
 and the default ``unet2d-small`` baseline trained, both cached under ``<out>/cache/`` keyed by
@@ -22,11 +34,13 @@ report (``report.md``, ``pareto.csv``, ``pareto.json``) and figures (``figures/`
 Search space (define-by-run; a parameter exists only where it applies): ``prune`` none /
 unstructured (ratio 0.30-0.95 in steps of 0.05, capped at the largest ratio that deletes no
 layer of the baseline, `unstructured_limit`) / structured (ratio 0.10-0.80, steps of 0.05) /
-pairs (one ratio per U-Net level in {0, 0.25, 0.5, 0.75}); ``round_to`` {1, 8} for structured
-and pairs; ``finetune_steps`` from ``--finetune-steps`` (default 0 / 25 / 75, after pruning
-only); ``precision`` fp32 / fp16 / int8 with ``calibration`` minmax / entropy / percentile for
-int8; ``threshold`` global / per-region. bf16 is not searched: the latency objective is ONNX
-Runtime's, and its CPU provider has no bf16 convolutions.
+pairs (one ratio per U-Net level in {0, 0.25, 0.5, 0.75}); ``round_to`` {1, R} for structured
+and pairs, R from ``--round-to`` (default ``auto``: this CPU's SIMD width, `compress.simd`: 16
+with AVX-512, 8 with AVX2); ``finetune_steps`` from ``--finetune-steps`` (default 0 / 25 / 75,
+after pruning only); ``precision`` per runtime (`RUNTIME_PRECISIONS`): ORT fp32 / fp16 / int8
+(bf16 is not searched there: ORT's CPU provider has no bf16 convolutions), OpenVINO fp32 /
+fp16 / bf16 / int8, torch fp32 / fp16 / bf16; ``calibration`` minmax / entropy / percentile for
+int8 (ORT's calibrators; NNCF uses its own min-max); ``threshold`` global / per-region.
 
 Sampler: ``TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed + worker)``.
 The budget is a few dozen trials, far below what NSGA-II needs (its population of 50 would
@@ -83,7 +97,7 @@ from tqdm import tqdm
 from compress.recipe import Recipe
 from compress.runners import LATENCY_BACKENDS, RUNTIMES
 from studies import defaults
-from studies.pareto import CONSTRAINT, DIRECTIONS, OBJECTIVES, latency_objective_ms
+from studies.pareto import CONSTRAINT, DIRECTIONS, OBJECTIVES
 from studies.storage import (
     WORKER_ATTR,
     StorageError,
@@ -93,6 +107,12 @@ from studies.storage import (
     open_storage,
     worker_identity,
 )
+from studies.sweep_latency import (
+    RUNTIME_PRECISIONS,
+    objective_values,
+    resolve_latency_flags,
+    worker_references,
+)
 
 PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 UNSTRUCTURED_RATIOS = (0.3, 0.95, 0.05)  # low, high, step: fraction of conv weights zeroed
@@ -101,13 +121,6 @@ LEVEL_RATIOS = (0.0, 0.75, 0.25)  # per U-Net level, pairs only
 ROUND_TO = (1, 8)
 FINETUNE_STEPS = (0, 25, 75)  # short: the default run must fit 24 trials in 15 minutes
 PRECISIONS = ("fp32", "fp16", "int8")  # bf16 has no ONNX Runtime CPU path: not searched
-# the precisions searched per deployment runtime (`compress.deploy`): OpenVINO runs bf16 itself
-# (a precision of its own, on CPUs with bf16 units); PyTorch has no int8 path here
-RUNTIME_PRECISIONS = {
-    "ort": PRECISIONS,
-    "openvino": ("fp32", "fp16", "bf16", "int8"),
-    "torch": ("fp32", "fp16", "bf16"),
-}
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("global", "per-region")
 N_STARTUP_TRIALS = 10
@@ -245,35 +258,6 @@ def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
 # ------------------------------------------------------------------ one trial
 
 
-def objective_values(
-    metrics: dict[str, Any], backend: str = "ort_cpu", reference_ms: float | None = None
-) -> tuple[float, float, float]:
-    """(val mean Dice, deployable size in bytes, latency in ms on ``backend``) of an M dict.
-
-    The latency is the baseline's median ``reference_ms`` (measured once per study) divided by
-    the trial's paired speed-up on that backend (`studies.pareto.latency_objective_ms`).
-    """
-    return (
-        float(metrics["val_dice"]["mean"]),
-        float(metrics["size_bytes"]),
-        latency_objective_ms(metrics, backend, reference_ms),
-    )
-
-
-def worker_references(spec: SweepSpec) -> dict[str, Any]:
-    """The baseline's timed calls on the sweep's backends, opened once per worker and kept for
-    the whole study (`compress.runners.reference_calls`)."""
-    from compress.pipeline import measure_spatial
-    from compress.runners import reference_calls
-    from unet.checkpoint import load_checkpoint
-    from unet.data.canonical import CanonicalDataset
-
-    model, meta = load_checkpoint(spec.baseline)
-    spatial = measure_spatial(model, CanonicalDataset(spec.data), meta)
-    shape = (1, model.config.in_channels, *spatial)
-    return reference_calls(model, shape, spec.backends, threads=spec.threads)
-
-
 def run_trial(
     trial: optuna.Trial, spec: SweepSpec, references: dict[str, Any] | None = None
 ) -> tuple[float, float, float]:
@@ -404,7 +388,8 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
         _Report(bar),
     ]
     before = len(study.get_trials(deepcopy=False))
-    references = worker_references(spec)  # kept open for the whole study
+    # the baseline's sessions on the sweep's backends, kept open for the whole study
+    references = worker_references(spec.baseline, spec.data, spec.backends, spec.threads)
     study.optimize(
         lambda trial: run_trial(trial, spec, references),
         timeout=spec.timeout_s,
@@ -589,7 +574,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m studies.prune_sweep",
-        description="Optuna search of compression recipes (val Dice, size, ORT CPU latency); "
+        description="Optuna search of compression recipes (val Dice, size, deployed latency); "
         "then a held-out report and figures. No arguments: the embedded default.",
         formatter_class=_HelpFormatter,
     )
@@ -698,7 +683,7 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--max-dice-drop must be in (0, 1], got {args.max_dice_drop}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
-    _resolve_runtime_flags(parser, args)
+    resolve_latency_flags(parser, args)
     if args.baseline is None and args.model not in zoo.names():
         parser.error(f"--model {args.model!r}: unknown zoo model; known: {', '.join(zoo.names())}")
     if args.data is not None:
@@ -722,32 +707,6 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
             open_storage(args.storage)  # parses the URL and connects
         except StorageError as exc:
             parser.error(f"--storage: {exc}")
-
-
-def _resolve_runtime_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--latency-backend`` (default: the fastest CPU runtime installed; one ``error:`` line
-    when it cannot run here) and ``--round-to`` (``auto``: `compress.simd.default_round_to`)."""
-    from compress import openvino
-    from compress.runners import fastest_cpu_backend, unavailable_reason
-    from compress.simd import default_round_to
-
-    if args.latency_backend is None:
-        args.latency_backend = fastest_cpu_backend()
-    backend = args.latency_backend
-    # ov_cpu trials may be int8: NNCF is needed as well as openvino
-    reason = openvino.unavailable_reason(int8=True) if backend == "ov_cpu" else None
-    reason = reason or unavailable_reason(backend)
-    if reason:
-        parser.error(f"--latency-backend {backend}: {reason}")
-    if args.round_to == "auto":
-        args.round_to = default_round_to()
-    else:
-        try:
-            args.round_to = int(args.round_to)
-        except ValueError:
-            parser.error(f"--round-to must be an integer >= 1 or 'auto', got {args.round_to!r}")
-        if args.round_to < 1:
-            parser.error(f"--round-to must be an integer >= 1 or 'auto', got {args.round_to}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

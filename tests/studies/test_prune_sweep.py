@@ -590,3 +590,19 @@ def test_objective_is_reference_median_over_paired_speedup(
         ratio = Recipe.from_dict(t.user_attrs["recipe"]).ratio
         assert t.values[2] == pytest.approx(5.1 / (2.0 + ratio))
         assert t.user_attrs["metrics"]["latency_objective_ms"] == pytest.approx(t.values[2])
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], "auto"), (["--round-to", "16"], [1, 16])])
+def test_round_to_choices_follow_the_machine(
+    fake_compress: dict[str, Any], fast_argv: list[str], tmp_path: Path, flag: list, expected: Any
+) -> None:
+    from compress.simd import default_round_to
+
+    assert main([*fast_argv, "--trials", "1", "--no-report", *flag]) == 0
+    study = _load(tmp_path / "out")
+    if expected == "auto":
+        expected = sorted({1, default_round_to()})
+    assert study.user_attrs["sweep"]["round_to_choices"] == expected
+    for t in study.trials:
+        if "round_to" in t.params:
+            assert t.params["round_to"] in expected
