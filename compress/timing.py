@@ -76,22 +76,30 @@ def time_calls(
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read of asynchronous work.
     """
-    if runs < MIN_RUNS:
-        raise ValueError(f"time_calls: runs must be >= {MIN_RUNS}, got {runs}")
-    if warmup < 0:
-        raise ValueError(f"time_calls: warmup must be >= 0, got {warmup}")
+    _check_counts("time_calls", "runs", runs, warmup)
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(runs):
-        if sync:
-            sync()
-        start = clock()
-        fn()
-        if sync:
-            sync()
-        times.append(clock() - start)
-    return times
+    return [_timed(fn, clock, sync) for _ in range(runs)]
+
+
+def _check_counts(where: str, name: str, runs: int, warmup: int) -> None:
+    if runs < MIN_RUNS:
+        raise ValueError(f"{where}: {name} must be >= {MIN_RUNS}, got {runs}")
+    if warmup < 0:
+        raise ValueError(f"{where}: warmup must be >= 0, got {warmup}")
+
+
+def _timed(
+    fn: Callable[[], object], clock: Callable[[], float], sync: Callable[[], None] | None
+) -> float:
+    """Seconds one call of ``fn`` takes; ``sync`` before each clock read (asynchronous work)."""
+    if sync:
+        sync()
+    start = clock()
+    fn()
+    if sync:
+        sync()
+    return clock() - start
 
 
 @dataclass(frozen=True)
@@ -141,31 +149,19 @@ def paired_times(
     candidate runs first when ``i`` is even, the reference first when it is odd. ``sync``
     (e.g. ``torch.cuda.synchronize``) runs before each clock read of asynchronous work.
     """
-    if rounds < MIN_RUNS:
-        raise ValueError(f"paired_times: rounds must be >= {MIN_RUNS}, got {rounds}")
-    if warmup < 0:
-        raise ValueError(f"paired_times: warmup must be >= 0, got {warmup}")
+    _check_counts("paired_times", "rounds", rounds, warmup)
     for _ in range(warmup):
         candidate()
         reference()
 
-    def timed(fn: Callable[[], object]) -> float:
-        if sync:
-            sync()
-        start = clock()
-        fn()
-        if sync:
-            sync()
-        return clock() - start
-
     cand, ref = [], []
     for i in range(rounds):
         if i % 2 == 0:
-            cand.append(timed(candidate))
-            ref.append(timed(reference))
+            cand.append(_timed(candidate, clock, sync))
+            ref.append(_timed(reference, clock, sync))
         else:
-            ref.append(timed(reference))
-            cand.append(timed(candidate))
+            ref.append(_timed(reference, clock, sync))
+            cand.append(_timed(candidate, clock, sync))
     return cand, ref
 
 
