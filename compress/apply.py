@@ -100,13 +100,16 @@ def format_table(result: dict[str, Any]) -> str:
                 ratio,
             )
         )
+    paired = result.get("paired_val")
     for region in ("WT", "TC", "ET", "mean"):
+        ci = paired["ci95"][region] if paired else None
         rows.append(
             (
                 f"val Dice {region}",
                 f"{b['val_dice'][region]:.4f}",
                 f"{c['val_dice'][region]:.4f}",
-                f"{c['val_dice'][region] - b['val_dice'][region]:+.4f}",
+                f"{c['val_dice'][region] - b['val_dice'][region]:+.4f}"
+                + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""),
             )
         )
     rows.append(
@@ -119,9 +122,16 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines = [
         f"recipe: {result['recipe_label']}",
-        f"{'':<20}{'baseline':>20}{'compressed':>20}{'ratio':>10}",
+        f"{'':<20}{'baseline':>20}{'compressed':>20}  ratio / delta",
     ]
-    lines += [f"{a:<20}{x:>20}{y:>20}{z:>10}" for a, x, y, z in rows]
+    lines += [f"{a:<20}{x:>20}{y:>20}  {z}" for a, x, y, z in rows]
+    if paired:
+        verdict = "non-inferior" if paired["non_inferior"] else "NOT non-inferior"
+        lines.append(
+            f"paired over {paired['n_subjects']} val subjects, 95% bootstrap CI in brackets: "
+            f"{verdict} at margins {paired['margin']:g} (mean) / {paired['region_margin']:g} "
+            "(every region)"
+        )
     return "\n".join(lines)
 
 

@@ -19,7 +19,10 @@ The test split is never read here. Writes into ``--out``:
   recipe, metrics; sparse storage after unstructured pruning; fp16/bf16 weights for those precisions);
 * ``recipe.json`` and ``metrics.json`` = ``{"baseline": M, "compressed": M, ...}`` where each M has
   ``params``, ``macs``, ``size_bytes``, ``size_compressed_bytes``, ``latency_ms``
-  (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold`` and ``val_dice``.
+  (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold``, ``val_dice`` and
+  ``val_per_subject`` (Dice per val subject at that threshold), and ``paired_val``: the paired
+  comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
+  Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
 
 With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the OpenVINO
 IR ``model.xml`` + ``model.bin`` instead of ``model.onnx`` (int8 by NNCF; bf16 is OpenVINO's bf16
@@ -38,6 +41,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,7 @@ from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabi
 from unet.inference import DEFAULT_PATCH_3D, Forward, round_up
 from unet.io import write_text_atomic
 from unet.models import UNet
+from unet.stats import paired_comparison
 
 
 def _as_data(data: CanonicalDataset | str | Path) -> CanonicalDataset:
@@ -89,24 +94,39 @@ def prune_model(model: UNet, recipe: Recipe) -> UNet:
     return model
 
 
-def _val_dice_and_threshold(
+@dataclass(frozen=True)
+class ValResult:
+    """Validation outcome of one model: threshold(s), mean Dice, per-subject Dice rows."""
+
+    threshold: dict[str, float]
+    val_dice: dict[str, float]
+    per_subject: list[dict[str, Any]]
+    search: dict[str, Any] | None
+
+
+def validate(
     forward: Forward,
     model: UNet,
     data: CanonicalDataset,
     mode: str,
     fixed: dict[str, float] | None,
     patch_size: Any,
-) -> tuple[dict[str, float], dict[str, float], dict[str, Any] | None]:
+) -> ValResult:
+    """Predict the val split; threshold(s) searched (``mode`` global / per-region) or ``fixed``;
+    per-subject Dice at the chosen threshold(s), for paired comparisons."""
     cfg = model.config
     items = collect_probabilities(
         forward, data, data.split("val"), cfg.spatial_dims, cfg.divisor, patch_size
     )
+    search = None
     if mode == "fixed":
         threshold = as_thresholds(fixed)
-        val = evaluate_probabilities(items, threshold, hd95=False)["mean"]["dice"]
-        return threshold, val, None
-    result = search_thresholds(items, mode=mode)
-    return dict(result.thresholds), dict(result.val_dice), result.to_dict()
+    else:
+        found = search_thresholds(items, mode=mode)
+        threshold, search = dict(found.thresholds), found.to_dict()
+    evaluated = evaluate_probabilities(items, threshold, hd95=False)
+    per_subject = [{"subject": r["subject"], "dice": r["dice"]} for r in evaluated["per_subject"]]
+    return ValResult(threshold, dict(evaluated["mean"]["dice"]), per_subject, search)
 
 
 def _metrics(
@@ -157,11 +177,26 @@ def measure_baseline(
     with tempfile.TemporaryDirectory(prefix="unet-compress-") as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx")
         forward = ort_forward(ort_session(onnx_path, threads=threads))
-        threshold, val, _ = _val_dice_and_threshold(
-            forward, model, data, "fixed", meta.get("threshold"), meta.get("patch_size")
-        )
+        val = validate(forward, model, data, "fixed", meta.get("threshold"), meta.get("patch_size"))
         m = _metrics(model, spatial, onnx_path, onnx_path, threads, latency_runs, device)
-    return {**m, "threshold": threshold, "val_dice": val}
+    return {
+        **m,
+        "threshold": val.threshold,
+        "val_dice": val.val_dice,
+        "val_per_subject": val.per_subject,
+    }
+
+
+def paired_val(
+    compressed: dict[str, Any], reference: dict[str, Any], **kwargs: Any
+) -> dict[str, Any] | None:
+    """Paired val comparison (`unet.stats.paired_comparison`) of two M dicts; None when the
+    reference has no per-subject rows (measured by an older version)."""
+    if "val_per_subject" not in reference:
+        return None
+    return paired_comparison(
+        compressed["val_per_subject"], reference["val_per_subject"], **kwargs
+    ).to_dict()
 
 
 def compress_checkpoint(
@@ -259,9 +294,8 @@ def compress_checkpoint(
     forward = artifact_forward(
         recipe.runtime, recipe.precision, artifact, model, threads=threads, device=device
     )
-    threshold, val, threshold_info = _val_dice_and_threshold(
-        forward, model, data, recipe.threshold, meta.get("threshold"), patch_size
-    )
+    val_result = validate(forward, model, data, recipe.threshold, meta.get("threshold"), patch_size)
+    threshold, val = val_result.threshold, val_result.val_dice
 
     checkpoint_path = out / "checkpoint.pt"
     ckpt_meta = {
@@ -296,7 +330,10 @@ def compress_checkpoint(
         references=references,
     )
     compressed.update(
-        threshold=threshold, val_dice=val, torch_dtype=str(next(model.parameters()).dtype)
+        threshold=threshold,
+        val_dice=val,
+        val_per_subject=val_result.per_subject,
+        torch_dtype=str(next(model.parameters()).dtype),
     )
     if artifact.suffix == ".xml":
         from compress.openvino import compile_ir, effective_precision
@@ -312,7 +349,8 @@ def compress_checkpoint(
         "recipe_label": recipe.label,
         "artifact": artifact.name,
         "threshold_mode": recipe.threshold,
-        "threshold_curve": (threshold_info or {}).get("curve"),
+        "threshold_curve": (val_result.search or {}).get("curve"),
+        "paired_val": paired_val(compressed, baseline_metrics),
         "data_fingerprint": data.fingerprint,
     }
     write_text_atomic(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2))

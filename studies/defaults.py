@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from unet.phantom import PHANTOM_VERSION, PhantomConfig, write_phantom
-from unet.train import RUNTIME_FIELDS, TrainConfig, train
+from unet.train import TrainConfig, train
+from unet.train_config import RUNTIME_FIELDS
 
 DEFAULT_MODEL = "unet2d-small"
 DEFAULT_OUT = "runs/sweep"

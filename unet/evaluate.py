@@ -7,6 +7,14 @@ prints a table and writes ``DIR/metrics.csv`` (one row per subject) and ``DIR/me
 (``{"per_subject": [...], "mean": {"dice": {"WT","TC","ET","mean"}, "hd95": {...}}}``).
 The binary threshold(s) default to the ones stored in the checkpoint (``meta["threshold"]``,
 found by ``compress.threshold`` on the validation split), else 0.5.
+
+With ``--reference REF`` (a checkpoint, or the ``metrics.json`` of an earlier run on the same
+subjects) ``metrics.json`` gains a ``paired`` block (`unet.stats.paired_comparison`): the Dice
+delta (candidate - reference) per region and mean, its 95% paired bootstrap CI over subjects,
+HD95 deltas, and ``non_inferior`` at ``--margin`` (mean) / ``--region-margin`` (every region)::
+
+    python -m unet.evaluate --checkpoint runs/s50/checkpoint.pt --reference runs/unet2d-small.pt \\
+        --data runs/phantom.h5 --split test --out runs/eval-s50
 """
 
 from __future__ import annotations
@@ -171,12 +179,62 @@ def metrics_csv(result: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from unet.checkpoint import CheckpointError, load_checkpoint
+def reference_results(
+    reference: str | Path,
+    data: CanonicalDataset,
+    subjects: Sequence[str],
+    *,
+    hd95: bool,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Per-subject results of the ``reference`` of a paired comparison.
+
+    ``reference`` is a checkpoint (evaluated here on ``subjects`` with its stored threshold(s))
+    or the ``metrics.json`` of an earlier `unet.evaluate` run (its ``per_subject`` rows are used
+    as they are; `unet.stats.paired_comparison` refuses them if they cover other subjects).
+    """
+    from unet.checkpoint import load_checkpoint
+
+    ref = Path(reference)
+    if ref.suffix == ".json":
+        try:
+            stored = json.loads(ref.read_text(encoding="utf-8"))
+            rows = stored["per_subject"]
+        except FileNotFoundError:
+            raise ValueError(f"--reference {ref}: no such file") from None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(
+                f"--reference {ref}: not a metrics.json of unet.evaluate (no per_subject rows)"
+            ) from None
+        fingerprint = stored.get("data_fingerprint")
+        if fingerprint is not None and fingerprint != data.fingerprint:
+            raise ValueError(
+                f"--reference {ref}: evaluated on other data (fingerprint {fingerprint} != "
+                f"{data.fingerprint})"
+            )
+        return {"per_subject": rows, "source": "metrics.json"}
+    model, meta = load_checkpoint(ref)
+    result = evaluate_model(
+        model,
+        data,
+        subjects,
+        meta.get("threshold"),
+        hd95=hd95,
+        patch_size=meta.get("patch_size"),
+        device=device,
+        progress=True,
+    )
+    return {**result, "source": "checkpoint"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from unet.stats import DEFAULT_MARGIN, DEFAULT_REGION_MARGIN, DEFAULT_RESAMPLES
 
     parser = argparse.ArgumentParser(
         prog="python -m unet.evaluate",
-        description="Per-volume Dice and HD95 (WT, TC, ET) of a checkpoint on one split.",
+        description="Per-volume Dice and HD95 (WT, TC, ET) of a checkpoint on one split; with "
+        "--reference, a paired comparison over the same subjects (Dice delta, 95% bootstrap CI, "
+        "non-inferiority).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
@@ -197,30 +255,89 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="compare paired with this reference: a checkpoint (.pt, evaluated on the same "
+        "subjects with its stored threshold) or an earlier metrics.json",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="non-inferiority margin of the mean Dice (Dice units)",
+    )
+    parser.add_argument(
+        "--region-margin",
+        type=float,
+        default=DEFAULT_REGION_MARGIN,
+        help="non-inferiority margin of every region's Dice (Dice units)",
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (>= 2000)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from unet.checkpoint import CheckpointError, load_checkpoint
+    from unet.stats import MIN_RESAMPLES, paired_comparison
+
+    parser = _parser()
     args = parser.parse_args(argv)
+    if not (args.margin >= 0 and args.region_margin >= 0):
+        parser.error(
+            f"--margin and --region-margin must be >= 0, got {args.margin}, {args.region_margin}"
+        )
+    if args.resamples < MIN_RESAMPLES:
+        parser.error(f"--resamples must be >= {MIN_RESAMPLES}, got {args.resamples}")
+    if args.reference is not None and not Path(args.reference).is_file():
+        parser.error(f"--reference {args.reference}: no such file")
     try:
         model, meta = load_checkpoint(args.checkpoint)
         data = CanonicalDataset(args.data)
+        subjects = data.split(args.split)
+        if not subjects:
+            raise DataError(f"{data.path}: no labelled subjects in the {args.split} split")
+        threshold = args.threshold if args.threshold is not None else meta.get("threshold")
+        patch = args.patch_size or meta.get("patch_size")
+        result = evaluate_model(
+            model,
+            data,
+            subjects,
+            threshold,
+            hd95=not args.no_hd95,
+            patch_size=patch,
+            device=args.device,
+            progress=True,
+        )
+        result["checkpoint"] = str(args.checkpoint)
+        result["split"] = args.split
+        result["data_fingerprint"] = data.fingerprint
+        if args.reference is not None:
+            ref = reference_results(
+                args.reference, data, subjects, hd95=not args.no_hd95, device=args.device
+            )
+            paired = paired_comparison(
+                result["per_subject"],
+                ref["per_subject"],
+                margin=args.margin,
+                region_margin=args.region_margin,
+                resamples=args.resamples,
+                seed=args.seed,
+            )
+            result["paired"] = {"reference": str(args.reference), **paired.to_dict()}
     except (CheckpointError, DataError) as exc:
         parser.error(str(exc))
-    threshold = args.threshold if args.threshold is not None else meta.get("threshold")
-    patch = args.patch_size or meta.get("patch_size")
-    result = evaluate_model(
-        model,
-        data,
-        args.split,
-        threshold,
-        hd95=not args.no_hd95,
-        patch_size=patch,
-        device=args.device,
-        progress=True,
-    )
-    result["checkpoint"] = str(args.checkpoint)
-    result["split"] = args.split
+    except ValueError as exc:
+        parser.error(str(exc))
     out = Path(args.out)
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
     write_text_atomic(out / "metrics.csv", metrics_csv(result))
     print(metrics_table(result))
+    if "paired" in result:
+        print(paired.summary())
     print(f"wrote {out / 'metrics.csv'} and {out / 'metrics.json'}", file=sys.stderr)
     return 0
 

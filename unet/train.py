@@ -1,9 +1,14 @@
-"""Train a zoo U-Net with BCE + Dice: `fit` (the bare loop) and `train` (a run with validation,
-checkpoints, a metrics log and exact resume).
+"""Train a zoo U-Net with BCE + Dice: `train`, a run with validation, early stopping,
+checkpoints, a metrics log and exact resume (the bare loop is `unet.train_loop.fit`).
 
     python -m unet.train --data runs/phantom.h5 --out runs/unet2d-small.pt
     python -m unet.train --model unet3d-small --data runs/phantom.h5 --out runs/unet3d-small.pt
     python -m unet.train --data runs/phantom.h5 --out runs/unet2d-small.pt --resume   # after a kill
+
+``--steps`` is the step cap; ``--patience N`` stops earlier once N validations in a row have
+not improved the val mean Dice (early stopping; the rule and where the run stopped are recorded
+in the checkpoints' ``meta["stopping"]``). ``--amp auto`` (the default) trains with bf16
+autocast where the CPU or GPU computes bf16 natively and says which it chose.
 
 A run writes three files next to ``--out``:
 
@@ -24,12 +29,9 @@ autocast with a gradient scaler and is refused on the CPU (about 70x slower ther
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,185 +40,38 @@ import torch
 from tqdm import tqdm
 
 from unet import zoo
-from unet.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from unet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError
 from unet.data.datasets import as_dataset
 from unet.evaluate import evaluate_model
-from unet.io import write_text_atomic
-from unet.train_loop import (
-    AMP_MODES,
-    DIMS_DEFAULTS,
-    RUNTIME_FIELDS,
-    TrainConfigError,
-    TrainLoop,
-    _check,
-    check_options,
-)
+from unet.train_config import TrainConfig
+from unet.train_loop import AMP_MODES, DIMS_DEFAULTS, TrainConfigError, TrainLoop, _check
+from unet.train_run import JsonlLog, open_run, run_paths
 
 # ------------------------------------------------------------------ a full run
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (primitives only; stored in checkpoints).
-
-    ``steps``, ``batch_size``, ``val_every`` and ``patch_size`` left at None take the
-    per-dimensionality defaults of `DIMS_DEFAULTS` (see `resolved`).
-    """
-
-    data: str
-    out: str
-    model: str = "unet2d-small"
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
-    amp: str = "off"
-    seed: int = 0
-    device: str = "cpu"
-    val_every: int | None = None
-    log_every: int = 25
-    patch_size: tuple[int, int, int] | None = None
-    tumour_fraction: float = 0.5
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    augment: bool = True
-    channels_last: bool = True
-    num_workers: int = 0
-    resume: bool = False
-    progress: bool = True
-
-    def resolved(self) -> TrainConfig:
-        """Defaults filled in for the model's dimensionality, and every value validated."""
-        try:
-            model_config = zoo.config(self.model)
-        except ValueError as exc:
-            raise TrainConfigError("model", str(exc)) from None
-        defaults = DIMS_DEFAULTS[model_config.spatial_dims]
-        filled = {
-            key: defaults[key] if getattr(self, key) is None else getattr(self, key)
-            for key in ("steps", "batch_size", "val_every", "patch_size")
-            if key in defaults
-        }
-        if filled.get("patch_size") is not None:
-            filled["patch_size"] = tuple(int(p) for p in filled["patch_size"])
-        cfg = dataclasses.replace(self, **filled)
-        _check(bool(cfg.data), "data", "is required")
-        _check(bool(cfg.out), "out", "is required")
-        _check(
-            Path(cfg.out).suffix == ".pt", "out", f"must be a .pt checkpoint path, got {cfg.out!r}"
-        )
-        _check(cfg.steps >= 1, "steps", f"must be >= 1 for a training run, got {cfg.steps}")
-        _check(cfg.val_every is not None and cfg.val_every >= 1, "val_every", "must be >= 1")
-        _check(cfg.log_every >= 1, "log_every", f"must be >= 1, got {cfg.log_every}")
-        check_options(
-            **cfg.loop_options(),
-            spatial_dims=model_config.spatial_dims,
-            divisor=model_config.divisor,
-        )
-        return cfg
-
-    def loop_options(self) -> dict[str, Any]:
-        """The options that `check_options` validates."""
-        names = (
-            "steps",
-            "batch_size",
-            "lr",
-            "weight_decay",
-            "warmup_fraction",
-            "amp",
-            "device",
-            "tumour_fraction",
-            "bce_weight",
-            "dice_weight",
-            "num_workers",
-            "patch_size",
-        )
-        return {n: getattr(self, n) for n in names}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["patch_size"] = list(self.patch_size) if self.patch_size is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}")
-        d = dict(d)
-        if d.get("patch_size") is not None:
-            d["patch_size"] = tuple(d["patch_size"])
-        return cls(**d)
-
-
-def run_paths(out: str | os.PathLike[str]) -> dict[str, Path]:
-    """The files of a run: best checkpoint, rolling last checkpoint, JSONL metrics log."""
-    best = Path(out)
+def stopping_rule(cfg: TrainConfig) -> dict[str, Any]:
+    """The stopping rule of a run, as recorded in its checkpoints' ``meta["stopping"]``."""
+    rule = (
+        f"stop when {cfg.patience} validations in a row (every {cfg.val_every} steps) do not "
+        f"raise the best val mean Dice by more than {cfg.min_delta}, or at {cfg.steps} steps"
+        if cfg.patience is not None
+        else f"fixed length: {cfg.steps} steps"
+    )
     return {
-        "best": best,
-        "last": best.with_name(best.stem + ".last.pt"),
-        "log": best.with_name(best.stem + ".jsonl"),
+        "rule": rule,
+        "monitor": "val mean Dice (volume level, threshold 0.5)",
+        "patience": cfg.patience,
+        "min_delta": cfg.min_delta,
+        "val_every": cfg.val_every,
+        "max_steps": cfg.steps,
     }
 
 
-class JsonlLog:
-    """A JSON-lines metrics log, rewritten atomically on every append (it stays small).
-
-    On resume, lines past the resumed step are dropped, so the log of a killed and resumed
-    run reads like the log of an uninterrupted one.
-    """
-
-    def __init__(self, path: Path, keep_until_step: int | None = None) -> None:
-        self.path = path
-        self.lines: list[str] = []
-        if keep_until_step is not None and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if record.get("step", 0) <= keep_until_step:
-                    self.lines.append(line)
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.lines.append(json.dumps(record, sort_keys=True))
-        write_text_atomic(self.path, "\n".join(self.lines) + "\n")
-
-
-def _open_run(
-    cfg: TrainConfig, data: CanonicalDataset, paths: dict[str, Path]
-) -> dict[str, Any] | None:
-    """The last checkpoint to resume from (checked against ``cfg``), or None for a fresh run."""
-    last = paths["last"]
-    if not cfg.resume:
-        for p in (paths["best"], last):
-            _check(not p.exists(), "out", f"{p} exists: pass --resume to continue it, or remove it")
-        return None
-    if not last.is_file():
-        return None
-    payload = read_checkpoint(last)
-    if "train_state" not in payload or "train_config" not in payload["meta"]:
-        raise CheckpointError(f"{last}: not a training checkpoint (no train state), cannot resume")
-    saved = TrainConfig.from_dict(payload["meta"]["train_config"])
-    changed = [
-        f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)} (run has {getattr(saved, f.name)})"
-        for f in fields(TrainConfig)
-        if f.name not in RUNTIME_FIELDS and getattr(cfg, f.name) != getattr(saved, f.name)
-    ]
-    _check(not changed, "resume", f"{last} was trained with other options: {'; '.join(changed)}")
-    _check(
-        payload["meta"].get("data_fingerprint") == data.fingerprint,
-        "resume",
-        f"{last} was trained on other data than {data.path} (fingerprint differs)",
-    )
-    return payload
-
-
 class _Validator:
-    """Validation at checkpoints: volume-level val Dice, best model, rolling last checkpoint."""
+    """Validation at checkpoints: volume-level val Dice, best model, rolling last checkpoint,
+    and the early-stopping decision."""
 
     def __init__(
         self, cfg: TrainConfig, data: CanonicalDataset, paths: dict[str, Path], state: dict
@@ -225,6 +80,8 @@ class _Validator:
         self.best: dict[str, Any] = dict(
             state.get("best", {"dice": -1.0, "step": 0, "metrics": {}})
         )
+        self.stopped: dict[str, Any] | None = state.get("stopped")
+        self.amp = state.get("amp")
         self.elapsed_s = float(state.get("elapsed_s", 0.0))  # training time of earlier sessions
         self._since = time.perf_counter()
 
@@ -233,6 +90,7 @@ class _Validator:
         return {
             "model": cfg.model,
             "train_config": cfg.to_dict(),
+            "amp": self.amp,
             "data": str(self.data.path),
             "data_fingerprint": self.data.fingerprint,
             "step": step,
@@ -240,8 +98,15 @@ class _Validator:
             "metrics": {"val": val},
             "threshold": dict.fromkeys(REGIONS, 0.5),
             "patch_size": list(cfg.patch_size) if cfg.patch_size else None,
+            "stopping": {**stopping_rule(cfg), **(self.stopped or {})},
             "recipe": None,
         }
+
+    def plateaued(self, step: int) -> bool:
+        """Early stopping: ``patience`` validations since the last improvement."""
+        cfg = self.cfg
+        assert cfg.val_every is not None
+        return cfg.patience is not None and step - self.best["step"] >= cfg.patience * cfg.val_every
 
     def __call__(self, loop: TrainLoop) -> dict[str, Any]:
         """Validate ``loop.model``, save best (if improved) then last; return the log record."""
@@ -255,14 +120,28 @@ class _Validator:
             patch_size=self.cfg.patch_size,
             device=self.cfg.device,
         )["mean"]
-        improved = val["dice"]["mean"] > self.best["dice"]
+        improved = val["dice"]["mean"] > self.best["dice"] + self.cfg.min_delta
         if improved:
             self.best = {"dice": val["dice"]["mean"], "step": step, "metrics": val}
             save_checkpoint(self.paths["best"], model, self.meta(step, val))
+        if self.plateaued(step):
+            self.stopped = {"stopped_at_step": step, "reason": "plateau"}
+        elif step >= (self.cfg.steps or 0):
+            self.stopped = {"stopped_at_step": step, "reason": "step cap"}
         now = time.perf_counter()
         self.elapsed_s, self._since = self.elapsed_s + now - self._since, now
-        train_state = {**loop.state_dict(), "best": self.best, "elapsed_s": self.elapsed_s}
+        train_state = {
+            **loop.state_dict(),
+            "best": self.best,
+            "elapsed_s": self.elapsed_s,
+            "stopped": self.stopped,
+            "amp": self.amp,
+        }
         save_checkpoint(self.paths["last"], model, self.meta(step, val), train_state=train_state)
+        if self.stopped is not None:  # the best checkpoint learns how the run ended
+            best_model, best_meta = load_checkpoint(self.paths["best"])
+            best_meta["stopping"] = {**stopping_rule(self.cfg), **self.stopped}
+            save_checkpoint(self.paths["best"], best_model, best_meta)
         return {
             "kind": "val",
             "step": step,
@@ -277,9 +156,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     Validates every ``val_every`` steps and at the end: the best model by val mean Dice goes
     to ``cfg.out``, the rolling last checkpoint (with train state) to ``<out stem>.last.pt``.
-    Without ``resume``, an existing run at ``cfg.out`` is an error; with it, the last
-    checkpoint (if any, else a fresh start) is continued to the same final step, with the
-    same options (runtime ones excepted: `RUNTIME_FIELDS`); a finished run is a no-op.
+    With ``patience`` the run stops early once val mean Dice has plateaued (`stopping_rule`,
+    recorded in both checkpoints). Without ``resume``, an existing run at ``cfg.out`` is an
+    error; with it, the last checkpoint (if any, else a fresh start) is continued with the same
+    options (runtime ones excepted: `RUNTIME_FIELDS`); a finished run is a no-op.
     """
     cfg = cfg.resolved()
     assert cfg.steps is not None and cfg.batch_size is not None and cfg.val_every is not None
@@ -287,7 +167,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _check(bool(data.split("train")), "data", f"{data.path}: no labelled training subjects")
     _check(bool(data.split("val")), "data", f"{data.path}: no labelled validation subjects")
     paths = run_paths(cfg.out)
-    payload = _open_run(cfg, data, paths)
+    payload = open_run(cfg, data, paths)
 
     torch.manual_seed(cfg.seed)
     model = zoo.create(cfg.model)
@@ -309,13 +189,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         loop.load_state_dict(state)
     start_step = loop.step
     validate = _Validator(cfg, data, paths, state)
+    validate.amp = {"requested": cfg.amp, "used": loop.amp, "reason": loop.amp_reason}
     log = JsonlLog(paths["log"], keep_until_step=start_step if payload is not None else None)
+    if cfg.progress or payload is None:
+        print(
+            f"amp {cfg.amp} -> {loop.amp} ({loop.amp_reason}); " + stopping_rule(cfg)["rule"],
+            file=sys.stderr,
+        )
+    if payload is None:
+        log.append({"kind": "setup", "step": 0, "amp": validate.amp, **stopping_rule(cfg)})
 
     losses: list[float] = []
     postfix = {"loss": "-", "val_dice": "-"}
     t_log = time.perf_counter()
     with tqdm(total=cfg.steps, initial=start_step, desc=cfg.model, disable=not cfg.progress) as bar:
-        while loop.step < cfg.steps:
+        while validate.stopped is None and loop.step < cfg.steps:
             losses.append(loop.train_step())
             bar.update()
             step = loop.step
@@ -337,6 +225,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 t_log += record["val_s"]  # keep validation time out of samples/s
             bar.set_postfix(postfix, refresh=False)
     loop.close()
+    if validate.stopped is not None and validate.stopped["stopped_at_step"] > start_step:
+        log.append({"kind": "stop", "step": loop.step, **validate.stopped})
     return {
         "model": cfg.model,
         "out": str(paths["best"]),
@@ -346,6 +236,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "resumed_from_step": start_step if payload is not None else None,
         "best_step": validate.best["step"],
         "best_val": validate.best["metrics"],
+        "stopping": {**stopping_rule(cfg), **(validate.stopped or {})},
+        "amp": validate.amp,
         "train_time_s": validate.elapsed_s,
     }
 
@@ -389,7 +281,8 @@ def _parser() -> argparse.ArgumentParser:
         "--amp",
         choices=AMP_MODES,
         default=d.amp,
-        help="autocast: bf16 (CPU/CUDA) or fp16 (CUDA only, with a gradient scaler)",
+        help="autocast: auto (bf16 where the CPU/GPU computes it natively, else fp32 on CPU and "
+        "fp16 on older GPUs), bf16 (CPU/CUDA), fp16 (CUDA only, with a gradient scaler), off",
     )
     p.add_argument(
         "--seed", type=int, default=d.seed, help="seed of the initial weights and of the batches"
@@ -400,6 +293,19 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=d.val_every,
         help=dims_help("validate and checkpoint every N steps (and at the end)", "val_every"),
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="early stopping: stop after this many validations without a val mean-Dice gain "
+        "above --min-delta (default: none, train all --steps)",
+    )
+    p.add_argument(
+        "--min-delta",
+        type=float,
+        default=d.min_delta,
+        help="smallest val mean-Dice gain that counts as an improvement (Dice units)",
     )
     p.add_argument(
         "--log-every", type=int, default=d.log_every, help="write a JSONL train line every N steps"

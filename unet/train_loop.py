@@ -26,13 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from unet.amp import AMP_CHOICES, resolve_amp
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import DrawSampler, PatchDataset, SliceDataset, as_dataset
 from unet.inference import DEFAULT_PATCH_3D
 from unet.losses import BCEDiceLoss
 from unet.models import UNet
 
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = AMP_CHOICES  # "auto" resolves per device (`unet.amp.resolve_amp`)
 
 # Defaults that depend on the model's dimensionality (TrainConfig fields left at None).
 # Sized for the default phantom (40 subjects of 48x128x128) on a 2-core CPU, fp32 with
@@ -174,7 +175,8 @@ class TrainLoop:
         self.steps = steps
         self.batch_size = batch_size
         self.device = device
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.amp, self.amp_reason = resolve_amp(amp, device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         self.memory_format = _memory_format(dims, channels_last)
         self.after_step = after_step
         self.step = 0
@@ -204,7 +206,7 @@ class TrainLoop:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, functools.partial(warmup_cosine, total=max(steps, 1), warmup=warmup)
         )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -95,7 +95,7 @@ def tiny_config(data: CanonicalDataset, out: Path, **overrides) -> TrainConfig:
         ({"lr": float("nan")}, "lr", "positive"),
         ({"weight_decay": -1e-4}, "weight_decay", ">= 0"),
         ({"warmup_fraction": 1.0}, "warmup_fraction", r"\[0, 1\)"),
-        ({"amp": "fp8"}, "amp", "one of off, bf16, fp16"),
+        ({"amp": "fp8"}, "amp", "one of auto, off, bf16, fp16"),
         ({"amp": "fp16"}, "amp", "CUDA"),
         ({"device": "tpu"}, "device", "device"),
         ({"tumour_fraction": 1.5}, "tumour_fraction", r"\[0, 1\]"),

@@ -26,8 +26,11 @@ class MissingDependencyError(ImportError):
     """An optional dependency (e.g. nibabel) is not installed; the message says how to get it."""
 
 
-def add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--split-seed`` and ``--split-fractions TRAIN VAL TEST`` to ``parser``."""
+def add_split_arguments(
+    parser: argparse.ArgumentParser,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> None:
+    """Add ``--split-seed`` and ``--split-fractions TRAIN VAL TEST`` (default ``fractions``)."""
     parser.add_argument(
         "--split-seed", type=int, default=0, help="seed of the subject-level train/val/test split"
     )
@@ -36,7 +39,7 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         nargs=3,
         metavar=("TRAIN", "VAL", "TEST"),
-        default=list(DEFAULT_SPLIT_FRACTIONS),
+        default=list(fractions),
         help="relative sizes of the train / val / test splits (normalised to sum 1)",
     )
 

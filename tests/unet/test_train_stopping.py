@@ -1,0 +1,182 @@
+"""Early stopping on a val plateau (rule recorded in the checkpoints) and ``--amp auto``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import unet.train
+from unet.amp import cpu_flags, resolve_amp
+from unet.checkpoint import read_checkpoint
+from unet.train import TrainConfig, TrainConfigError, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_validation(monkeypatch: pytest.MonkeyPatch, curve: list[float]) -> list[int]:
+    """Replace the val evaluation by a constructed curve of mean Dice (one value per call)."""
+    calls: list[int] = []
+
+    def fake(model, data, split, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        value = curve[min(len(calls), len(curve) - 1)]
+        calls.append(len(calls))
+        dice = {"WT": value, "TC": value, "ET": value, "mean": value}
+        return {"mean": {"dice": dice}, "per_subject": []}
+
+    monkeypatch.setattr(unet.train, "evaluate_model", fake)
+    return calls
+
+
+def config(data: Path, out: Path, **overrides: Any) -> TrainConfig:
+    options = {
+        "model": "unet2d-tiny",
+        "steps": 40,
+        "batch_size": 2,
+        "val_every": 4,
+        "log_every": 4,
+        "amp": "off",
+        "progress": False,
+    }
+    return TrainConfig(data=str(data), out=str(out), **{**options, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("curve", "patience", "min_delta", "stop_step", "best_step", "reason"),
+    [
+        # rises to 0.8 at the 3rd validation (step 12), then flat: 2 flat validations -> step 20
+        ([0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8], 2, 0.0, 20, 12, "plateau"),
+        # gains of 0.001 after step 12 are below min_delta 0.01: still a plateau at step 24
+        ([0.5, 0.7, 0.8, 0.801, 0.802, 0.803, 0.804], 3, 0.01, 24, 12, "plateau"),
+        # ... but count as improvements with min_delta 0: the run reaches its cap
+        ([0.5, 0.6, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77], 2, 0.0, 40, 40, "step cap"),
+    ],
+)
+def test_early_stopping_stops_on_a_constructed_plateau(
+    monkeypatch: pytest.MonkeyPatch,
+    blob_data: Path,
+    tmp_path: Path,
+    curve: list[float],
+    patience: int,
+    min_delta: float,
+    stop_step: int,
+    best_step: int,
+    reason: str,
+) -> None:
+    calls = fake_validation(monkeypatch, curve)
+    out = tmp_path / "run.pt"
+    summary = train(config(blob_data, out, patience=patience, min_delta=min_delta))
+    assert summary["steps"] == stop_step
+    assert len(calls) == stop_step // 4
+    assert summary["best_step"] == best_step
+    for path in (out, out.with_name("run.last.pt")):
+        stopping = read_checkpoint(path)["meta"]["stopping"]
+        assert stopping["reason"] == reason
+        assert stopping["stopped_at_step"] == stop_step
+        assert stopping["patience"] == patience and stopping["min_delta"] == min_delta
+        assert stopping["max_steps"] == 40 and stopping["val_every"] == 4
+        assert "val mean Dice" in stopping["monitor"]
+    assert read_checkpoint(out)["meta"]["step"] == best_step
+    log = [json.loads(line) for line in out.with_name("run.jsonl").read_text().splitlines()]
+    assert log[0]["kind"] == "setup" and log[0]["patience"] == patience
+    assert log[-1] == {
+        "kind": "stop",
+        "step": stop_step,
+        "stopped_at_step": stop_step,
+        "reason": reason,
+    }
+
+
+def test_a_stopped_run_resumes_as_a_no_op(
+    monkeypatch: pytest.MonkeyPatch, blob_data: Path, tmp_path: Path
+) -> None:
+    fake_validation(monkeypatch, [0.5, 0.8, 0.8, 0.8])
+    out = tmp_path / "run.pt"
+    first = train(config(blob_data, out, patience=2))
+    assert first["steps"] == 16
+    before = out.with_name("run.last.pt").read_bytes()
+    again = train(config(blob_data, out, patience=2, resume=True))
+    assert again["steps"] == 16 and again["stopping"]["reason"] == "plateau"
+    assert out.with_name("run.last.pt").read_bytes() == before
+
+
+def test_without_patience_the_run_is_fixed_length(
+    monkeypatch: pytest.MonkeyPatch, blob_data: Path, tmp_path: Path
+) -> None:
+    fake_validation(monkeypatch, [0.5, 0.5, 0.5])
+    summary = train(config(blob_data, tmp_path / "run.pt", steps=12))
+    assert summary["steps"] == 12
+    assert summary["stopping"]["reason"] == "step cap"
+    assert summary["stopping"]["rule"] == "fixed length: 12 steps"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "match"),
+    [
+        ({"patience": 0}, "patience", ">= 1 validations"),
+        ({"min_delta": -0.1}, "min_delta", r"\[0, 1\)"),
+        ({"min_delta": float("nan")}, "min_delta", r"\[0, 1\)"),
+    ],
+)
+def test_bad_stopping_options(
+    tmp_path: Path, overrides: dict[str, Any], field: str, match: str
+) -> None:
+    with pytest.raises(TrainConfigError, match=match) as info:
+        TrainConfig(data="d.h5", out=str(tmp_path / "x.pt"), **overrides).resolved()
+    assert info.value.field == field
+
+
+# ------------------------------------------------------------------ --amp auto
+
+
+@pytest.mark.parametrize(
+    ("amp", "flags", "expected"),
+    [
+        ("auto", {"avx512f", "avx512_bf16", "avx512_vnni"}, "bf16"),  # Zen 4/5, Cooper Lake+
+        ("auto", {"avx2", "amx_bf16", "amx_tile"}, "bf16"),  # Sapphire Rapids AMX
+        ("auto", {"avx512f", "avx512_vnni"}, "off"),  # AVX-512 without bf16 (Ice Lake)
+        ("auto", {"avx2", "fma"}, "off"),  # Zen 3 / Haswell
+        ("auto", set(), "off"),  # unknown CPU
+        ("off", {"avx512_bf16"}, "off"),  # explicit modes resolve to themselves
+        ("bf16", set(), "bf16"),
+    ],
+)
+def test_amp_auto_chooses_bf16_only_where_native(amp: str, flags: set, expected: str) -> None:
+    mode, reason = resolve_amp(amp, torch.device("cpu"), frozenset(flags))
+    assert mode == expected
+    assert reason
+
+
+def test_amp_auto_on_cuda_prefers_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_amp("auto", torch.device("cuda"))[0] == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp("auto", torch.device("cuda"))[0] == "fp16"
+
+
+def test_cpu_flags_parses_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert cpu_flags(info) == {"fpu", "sse", "avx512f", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_train_records_the_amp_choice(
+    monkeypatch: pytest.MonkeyPatch, blob_data: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("unet.train_loop.resolve_amp", lambda amp, dev: ("off", "faked: no bf16"))
+    fake_validation(monkeypatch, [0.5])
+    out = tmp_path / "run.pt"
+    summary = train(config(blob_data, out, steps=4, amp="auto"))
+    assert summary["amp"] == {"requested": "auto", "used": "off", "reason": "faked: no bf16"}
+    assert read_checkpoint(out)["meta"]["amp"]["used"] == "off"
+    assert TrainConfig(data="d", out="x.pt").amp == "auto"
