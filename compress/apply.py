@@ -20,17 +20,29 @@ import argparse
 import sys
 from typing import Any
 
+from compress.openvino import unavailable_reason
 from compress.pipeline import compress_checkpoint
-from compress.recipe import CALIBRATIONS, PRECISIONS, PRUNE_METHODS, THRESHOLD_MODES, Recipe
+from compress.recipe import (
+    CALIBRATIONS,
+    PRECISIONS,
+    PRUNE_METHODS,
+    RUNTIMES,
+    THRESHOLD_MODES,
+    Recipe,
+)
+from compress.simd import default_round_to
 from unet.checkpoint import CheckpointError, load_checkpoint
 from unet.data.canonical import CanonicalDataset, DataError
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float | None]:
-    """Compression factor (size), speed-ups (ORT, torch) and Dice change vs the baseline."""
+    """Compression factor (size), speed-ups (ORT, OpenVINO, torch) and Dice change vs the
+    baseline; a speed-up is the paired one (``speedup_<backend>``) where it was measured."""
     b, c = result["baseline"], result["compressed"]
 
     def speedup(key: str) -> float | None:
+        if f"speedup_{key}" in c:
+            return c[f"speedup_{key}"]
         if key in b["latency_ms"] and key in c["latency_ms"]:
             return b["latency_ms"][key]["median"] / c["latency_ms"][key]["median"]
         return None
@@ -39,6 +51,7 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
         "compression_factor": b["size_bytes"] / c["size_bytes"],
         "compression_factor_zipped": b["size_compressed_bytes"] / c["size_compressed_bytes"],
         "speedup_ort": speedup("ort_cpu"),
+        "speedup_ov": speedup("ov_cpu"),
         "speedup_torch": speedup("torch_cpu"),
         "dice_change": c["val_dice"]["mean"] - b["val_dice"]["mean"],
     }
@@ -71,19 +84,27 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for key, name in (
         ("ort_cpu", "latency ORT CPU"),
+        ("ov_cpu", "latency OpenVINO"),
         ("torch_cpu", "latency torch CPU"),
         ("torch_cuda", "latency torch CUDA"),
     ):
-        if key in b["latency_ms"] and key in c["latency_ms"]:
+        if key in c.get("paired", {}):  # both sides timed in the same rounds
+            p = c["paired"][key]
+            bl, cl = p["reference_ms"], p["candidate_ms"]
+            ratio = f"{p['speedup']:.2f}x"
+        elif key in b["latency_ms"] and key in c["latency_ms"]:
             bl, cl = b["latency_ms"][key], c["latency_ms"][key]
-            rows.append(
-                (
-                    name,
-                    f"{bl['median']:.2f} ms ±{bl['iqr']:.2f}",
-                    f"{cl['median']:.2f} ms ±{cl['iqr']:.2f}",
-                    f"{bl['median'] / cl['median']:.2f}x",
-                )
+            ratio = f"{bl['median'] / cl['median']:.2f}x"
+        else:
+            continue
+        rows.append(
+            (
+                name,
+                f"{bl['median']:.2f} ms ±{bl['iqr']:.2f}",
+                f"{cl['median']:.2f} ms ±{cl['iqr']:.2f}",
+                ratio,
             )
+        )
     paired = result.get("paired_val")
     for region in ("WT", "TC", "ET", "mean"):
         ci = paired["ci95"][region] if paired else None
@@ -144,9 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--round-to",
-        type=int,
-        default=d.round_to,
-        help="structured widths rounded to a multiple of this",
+        default=str(d.round_to),
+        help="structured widths rounded to a multiple of this; 'auto': this CPU's SIMD width "
+        "for the precision (compress.simd)",
     )
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
     p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
@@ -188,6 +209,13 @@ def _parser() -> argparse.ArgumentParser:
         help="cache the regularised baseline here and reuse it (default: no cache)",
     )
     p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=d.runtime,
+        help="deployment runtime: ort (model.onnx), openvino (model.xml/.bin; int8 via NNCF), "
+        "torch (checkpoint.pt)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=2,
@@ -199,6 +227,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _int_arg(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{flag} must be an integer or 'auto', got {value!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -207,11 +242,16 @@ def main(argv: list[str] | None = None) -> int:
             recipe = Recipe.from_json(args.recipe)
         else:
             levels = tuple(float(x) for x in args.level_ratios.split(",") if x.strip())
+            round_to = (
+                default_round_to(precision=args.precision)
+                if args.round_to == "auto"
+                else _int_arg("--round-to", args.round_to)
+            )
             recipe = Recipe(
                 prune=args.prune,
                 ratio=args.ratio,
                 level_ratios=levels,
-                round_to=args.round_to,
+                round_to=round_to,
                 finetune_steps=args.finetune_steps,
                 finetune_lr=args.finetune_lr,
                 precision=args.precision,
@@ -223,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                 distill_temperature=args.distill_temperature,
                 regularize_steps=args.regularize_steps,
                 regularize_strength=args.regularize_strength,
+                runtime=args.runtime,
             )
+        if recipe.runtime == "openvino" and (reason := unavailable_reason(int8=True)):
+            raise ValueError(f"runtime openvino: {reason}")
         load_checkpoint(args.checkpoint)
         data = CanonicalDataset(args.data)
     except (ValueError, CheckpointError, DataError) as exc:
@@ -244,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # e.g. pair ratios that do not fit the model's levels
         parser.error(str(exc))
     print(format_table(result))
-    print(f"wrote {args.out}/model.onnx, checkpoint.pt, recipe.json, metrics.json", file=sys.stderr)
+    print(
+        f"wrote {args.out}/{result['artifact']}, checkpoint.pt, recipe.json, metrics.json",
+        file=sys.stderr,
+    )
     return 0
 
 

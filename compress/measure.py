@@ -10,21 +10,24 @@
   compressed with zlib (DEFLATE) at level 6, which is what unstructured zeros can save;
 * latency per backend: ``ort_cpu`` (ONNX Runtime, CPU provider), ``torch_cpu`` (PyTorch eager,
   inference mode, the module's own dtype: fp32 or a bf16 cast), ``torch_cuda`` (CUDA events,
-  when a GPU is present), ``ort_cuda`` (when asked for and available). Each is the median and
+  when a GPU is present), ``ort_cuda`` (when asked for and available), ``ov_cpu`` (OpenVINO,
+  explicit precision hint; `compress.openvino`). Each is the median and
   inter-quartile range (ms) of >= 20 timed runs (``time.perf_counter``) after warm-up runs, at
   batch 1 on a fixed random input, with a fixed and recorded thread count; torch's global
   thread count is restored afterwards. A backend that cannot run here is reported in
-  ``unavailable`` with the reason, not silently dropped.
+  ``unavailable`` with the reason, not silently dropped;
+* ``paired``: for backends given a reference call, the speed-up vs that reference measured in
+  alternating rounds (`compress.timing.paired_latency`): median and quartiles of the per-round
+  ratios, and both sides' absolute latency (for information only).
 """
 
 from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -32,14 +35,22 @@ import torch
 from torch import nn
 
 from compress.export import ProviderUnavailable, ort_session
+from compress.runners import RUNTIMES, latency_call, torch_threads, unavailable_reason
+from compress.timing import (
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    MIN_RUNS,
+    Latency,
+    PairedLatency,
+    latency_stats,
+    paired_latency,
+    time_calls,
+)
 from unet.models import UNet, count_params
 from unet.zoo import macs as count_macs
 
-BACKENDS = ("ort_cpu", "torch_cpu", "torch_cuda", "ort_cuda")
+BACKENDS = ("ort_cpu", "ov_cpu", "torch_cpu", "torch_cuda", "ort_cuda")
 DEFAULT_BACKENDS = ("ort_cpu", "torch_cpu", "torch_cuda")
-MIN_RUNS = 20
-DEFAULT_RUNS = 30
-DEFAULT_WARMUP = 5
 DEFAULT_THREADS = 2
 COMPRESSION = "zlib-6"
 _CHUNK_BYTES = 1 << 22
@@ -47,27 +58,6 @@ _CHUNK_BYTES = 1 << 22
 
 class BackendUnavailable(RuntimeError):
     """The requested latency backend cannot run on this machine (no GPU, no provider, ...)."""
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Latency statistics of one backend (milliseconds) and how they were taken."""
-
-    median_ms: float
-    iqr_ms: float
-    runs: int
-    threads: int
-    warmup: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        """The ``latency_ms`` entry of ``metrics.json``: ``median``/``iqr`` plus the setup."""
-        return {
-            "median": self.median_ms,
-            "iqr": self.iqr_ms,
-            "runs": self.runs,
-            "threads": self.threads,
-            "warmup": self.warmup,
-        }
 
 
 @dataclass(frozen=True)
@@ -81,6 +71,7 @@ class Measurement:
     size_bytes: int | None
     size_compressed_bytes: int | None
     latency: dict[str, Latency] = field(default_factory=dict)
+    paired: dict[str, PairedLatency] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     compression: str = COMPRESSION
 
@@ -94,61 +85,31 @@ class Measurement:
             "size_compressed_bytes": self.size_compressed_bytes,
             "compression": self.compression,
             "latency_ms": {k: v.to_dict() for k, v in self.latency.items()},
+            "paired": {k: v.to_dict() for k, v in self.paired.items()},
             "unavailable": dict(self.unavailable),
         }
 
 
-def latency_stats(times_s: Sequence[float], *, threads: int, warmup: int) -> Latency:
-    """Median and inter-quartile range (75th - 25th percentile, linear) in ms of run times in s."""
-    if len(times_s) < 1:
-        raise ValueError("latency_stats: no timings")
-    ms = np.asarray(times_s, dtype=np.float64) * 1e3
-    q25, q50, q75 = np.percentile(ms, [25, 50, 75])
-    return Latency(float(q50), float(q75 - q25), len(ms), threads, warmup)
+def file_sizes(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], level: int = 6
+) -> tuple[int, int]:
+    """(bytes on disk, bytes after zlib compression at ``level``) of the file at ``path``.
 
-
-def time_calls(
-    fn: Callable[[], object],
-    *,
-    runs: int = DEFAULT_RUNS,
-    warmup: int = DEFAULT_WARMUP,
-    clock: Callable[[], float] = perf_counter,
-    sync: Callable[[], None] | None = None,
-) -> list[float]:
-    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times timed; durations in seconds.
-
-    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read of asynchronous work.
+    A sequence of paths (an OpenVINO IR: ``.xml`` and ``.bin``) counts as one artifact: the
+    sizes summed, the files compressed as one stream in the given order.
     """
-    if runs < MIN_RUNS:
-        raise ValueError(f"time_calls: runs must be >= {MIN_RUNS}, got {runs}")
-    if warmup < 0:
-        raise ValueError(f"time_calls: warmup must be >= 0, got {warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        if sync:
-            sync()
-        start = clock()
-        fn()
-        if sync:
-            sync()
-        times.append(clock() - start)
-    return times
-
-
-def file_sizes(path: str | os.PathLike[str], level: int = 6) -> tuple[int, int]:
-    """(bytes on disk, bytes after zlib compression at ``level``) of the file at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such artifact")
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such artifact")
     compressor = zlib.compressobj(level)
     compressed = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            compressed += len(compressor.compress(chunk))
+    for p in paths:
+        with p.open("rb") as f:
+            while chunk := f.read(_CHUNK_BYTES):
+                compressed += len(compressor.compress(chunk))
     compressed += len(compressor.flush())
-    return path.stat().st_size, compressed
+    return sum(p.stat().st_size for p in paths), compressed
 
 
 def _example(shape: Sequence[int]) -> np.ndarray:
@@ -234,22 +195,48 @@ def _cuda_times(fn: Callable[[], object], *, runs: int, warmup: int) -> list[flo
     return [start.elapsed_time(end) / 1e3 for start, end in events]
 
 
+def _paired_or_single(
+    backend: str,
+    candidate: Callable[[], object],
+    reference: Callable[[], object] | None,
+    *,
+    threads: int,
+    runs: int,
+    warmup: int,
+) -> tuple[Latency, PairedLatency | None]:
+    sync = torch.cuda.synchronize if backend.endswith("_cuda") else None
+    kwargs = {"warmup": warmup, "sync": sync}
+    with torch_threads(threads):
+        if reference is None:
+            times = time_calls(candidate, runs=runs, **kwargs)
+            return latency_stats(times, threads=threads, warmup=warmup), None
+        paired = paired_latency(candidate, reference, threads=threads, rounds=runs, **kwargs)
+    return paired.candidate, paired
+
+
 def measure(
     model: UNet,
     spatial: Sequence[int],
     *,
     onnx_path: str | os.PathLike[str] | None = None,
-    artifact: str | os.PathLike[str] | None = None,
+    artifact: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    ir_path: str | os.PathLike[str] | None = None,
+    precision: str = "fp32",
     backends: Sequence[str] = DEFAULT_BACKENDS,
     threads: int = DEFAULT_THREADS,
     runs: int = DEFAULT_RUNS,
     warmup: int = DEFAULT_WARMUP,
+    references: Mapping[str, Callable[[], object]] | None = None,
 ) -> Measurement:
     """Measure ``model`` at batch 1 and ``spatial`` input size; returns numbers, prints nothing.
 
-    ``onnx_path`` is the ONNX artifact for the ORT backends; ``artifact`` the file whose size
-    is reported (default: ``onnx_path``; None for both: sizes are None). ``backends`` picks the
-    latency measurements (`BACKENDS`); an empty tuple skips timing.
+    ``onnx_path`` is the ONNX artifact for the ORT backends; ``ir_path`` the OpenVINO IR for
+    ``ov_cpu`` (default: ``onnx_path``, read by OpenVINO) compiled for the recipe
+    ``precision``; ``artifact`` the file(s) whose size is reported (default: ``onnx_path``;
+    None for both: sizes are None). ``backends`` picks the latency measurements (`BACKENDS`);
+    an empty tuple skips timing. ``references`` maps a backend to the reference's zero-argument
+    call (`compress.runners.latency_call` of the baseline, same shape and threads): those
+    backends are timed paired (`compress.timing.paired_latency`) and reported in ``paired``.
     """
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -267,20 +254,30 @@ def measure(
     sized = artifact if artifact is not None else onnx_path
     size, compressed = file_sizes(sized) if sized is not None else (None, None)
     latency: dict[str, Latency] = {}
+    paired: dict[str, PairedLatency] = {}
     unavailable: dict[str, str] = {}
+    references = references or {}
     for backend in backends:
-        kwargs = {"threads": threads, "runs": runs, "warmup": warmup}
+        reason = unavailable_reason(backend)
+        files = {"ov_cpu": ir_path or onnx_path}.get(backend, onnx_path)
+        if reason is None and RUNTIMES[backend] != "torch" and files is None:
+            reason = "no ONNX artifact given (onnx_path=None)"
+        if reason is None and backend == "torch_cpu" and model_dtype(model) == torch.float16:
+            reason = "fp16 on the CPU is emulated (~70x slower): not measured"
+        if reason is not None:
+            unavailable[backend] = reason
+            continue
+        target = model if RUNTIMES[backend] == "torch" else files
+        previous_device, was_training = next(model.parameters()).device, model.training
         try:
-            if backend.startswith("ort_"):
-                if onnx_path is None:
-                    raise BackendUnavailable("no ONNX artifact given (onnx_path=None)")
-                provider = backend.removeprefix("ort_")
-                latency[backend] = ort_latency(onnx_path, shape, provider=provider, **kwargs)
-            else:
-                device = backend.removeprefix("torch_")
-                latency[backend] = torch_latency(model, shape, device=device, **kwargs)
-        except BackendUnavailable as exc:
-            unavailable[backend] = str(exc)
+            call = latency_call(backend, target, shape, threads=threads, precision=precision)
+            latency[backend], pair = _paired_or_single(
+                backend, call, references.get(backend), threads=threads, runs=runs, warmup=warmup
+            )
+        finally:
+            model.to(previous_device).train(was_training)
+        if pair is not None:
+            paired[backend] = pair
     return Measurement(
         params=count_params(model),
         nonzero_params=int(sum(int(torch.count_nonzero(p)) for p in model.parameters())),
@@ -289,5 +286,11 @@ def measure(
         size_bytes=size,
         size_compressed_bytes=compressed,
         latency=latency,
+        paired=paired,
         unavailable=unavailable,
     )
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the module's first parameter (its deployed dtype after a cast)."""
+    return next(model.parameters()).dtype

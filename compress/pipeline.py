@@ -25,6 +25,12 @@ The test split is never read here. Writes into ``--out``:
   comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
   Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
 
+With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the OpenVINO
+IR ``model.xml`` + ``model.bin`` instead of ``model.onnx`` (int8 by NNCF; bf16 is OpenVINO's bf16
+inference; `compress.deploy`); with ``runtime="torch"`` it is ``checkpoint.pt``. The compressed
+M also holds ``paired`` and ``speedup_<backend>``: the speed-up vs the baseline measured in
+alternating rounds on the same backend (`compress.timing.paired_latency`).
+
 ``size_bytes`` is the size of the deployable artifact (``model.onnx``; ``checkpoint.pt`` for bf16);
 ``size_compressed_bytes`` its zlib-6 size, which is what unstructured sparsity can save.
 """
@@ -35,16 +41,25 @@ import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.cast import cast_forward, cast_module, onnx_to_fp16
+from compress.cast import cast_module, onnx_to_fp16
+from compress.deploy import (
+    artifact_files,
+    artifact_forward,
+    artifact_name,
+    latency_backends,
+    write_ir,
+)
 from compress.export import check_parity, export_onnx, ort_forward, ort_session
 from compress.measure import measure
 from compress.quantize import quantize_int8
 from compress.recipe import Recipe
 from compress.recovery import recover
+from compress.runners import reference_calls
 from compress.threshold import search_thresholds
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.data.canonical import CanonicalDataset
@@ -106,22 +121,34 @@ def validate(
 def _metrics(
     model: UNet,
     spatial: tuple[int, ...],
-    onnx_path: Path,
+    onnx_path: Path | None,
     artifact: Path,
     threads: int,
     runs: int,
     device: str,
+    *,
+    backends: Sequence[str] | None = None,
+    precision: str = "fp32",
+    references: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, Any]:
-    backends = ("ort_cpu", "torch_cpu") + (("torch_cuda",) if device.startswith("cuda") else ())
-    return measure(
+    if backends is None:
+        backends = latency_backends("ort", device)
+    xml = artifact if artifact.suffix == ".xml" else None
+    m = measure(
         model,
         spatial,
         onnx_path=onnx_path,
-        artifact=artifact,
+        ir_path=xml,
+        precision=precision,
+        artifact=artifact_files(artifact),
         threads=threads,
         runs=runs,
         backends=backends,
+        references=references,
     ).to_dict()
+    # the paired speed-up vs the reference, per backend (see compress.timing)
+    m.update({f"speedup_{b}": p["speedup"] for b, p in m["paired"].items()})
+    return m
 
 
 def measure_baseline(
@@ -174,12 +201,19 @@ def compress_checkpoint(
     seed: int = 0,
     progress: bool = False,
     cache_dir: str | Path | None = None,
+    backends: Sequence[str] | None = None,
+    references: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the ``baseline`` checkpoint; write artifacts into ``out_dir``; return metrics.
 
     ``baseline_metrics`` reuses an earlier `measure_baseline` result (the sweep measures it once).
     ``cache_dir`` caches the recipe's regularisation phase (`compress.regularize`), so that the
     recipes of one study that share its settings compute it once; None recomputes it.
+    ``backends``: where the artifact is timed (default: `compress.deploy.latency_backends` of the
+    recipe's runtime). Each backend is timed paired against the baseline's call in
+    ``references`` (`compress.runners.reference_calls`; the sweep keeps them open for the whole
+    study); without ``references`` they are built here from the baseline. The compressed M
+    gains ``paired`` and ``speedup_<backend>`` (the paired ratio baseline / compressed).
     Only the training split (fine-tune, int8 calibration) and validation split (threshold,
     ``val_dice``) are read.
     """
@@ -189,6 +223,11 @@ def compress_checkpoint(
     model, meta = load_checkpoint(baseline)
     patch_size = meta.get("patch_size")
     spatial = measure_spatial(model, data, meta)
+    if backends is None:
+        backends = latency_backends(recipe.runtime, device)
+    if references is None:
+        shape = (1, model.config.in_channels, *spatial)
+        references = reference_calls(model, shape, backends, threads=threads)
     if baseline_metrics is None:
         baseline_metrics = measure_baseline(
             baseline, data, threads=threads, latency_runs=latency_runs, device=device
@@ -200,7 +239,8 @@ def compress_checkpoint(
     )
     cfg = model.config
 
-    onnx_path = out / "model.onnx"
+    onnx_path = out / "model.onnx" if recipe.runtime == "ort" else None
+    artifact = out / artifact_name(recipe.runtime, recipe.precision)
     with tempfile.TemporaryDirectory(prefix="unet-compress-", dir=out) as tmp:
         fp32_onnx = export_onnx(model, Path(tmp) / "fp32.onnx")
         check_parity(
@@ -210,8 +250,9 @@ def compress_checkpoint(
                 data, "train", 1, cfg.spatial_dims, patch_size, seed, divisor=cfg.divisor
             ),
         )
-        if recipe.precision == "int8":
-            calibration = sample_inputs(
+
+        def calibration() -> Any:
+            return sample_inputs(
                 data,
                 "train",
                 recipe.calibration_samples,
@@ -220,18 +261,23 @@ def compress_checkpoint(
                 seed,
                 divisor=cfg.divisor,
             )
-            quantize_int8(fp32_onnx, onnx_path, calibration, recipe.calibration)
+
+        if onnx_path is None:  # openvino: the IR; torch: the checkpoint (below)
+            if recipe.runtime == "openvino":
+                write_ir(recipe.precision, fp32_onnx, artifact, calibration)
+        elif recipe.precision == "int8":
+            quantize_int8(fp32_onnx, onnx_path, calibration(), recipe.calibration)
         elif recipe.precision == "fp16":
             onnx_to_fp16(fp32_onnx, onnx_path)
         else:
             shutil.copyfile(fp32_onnx, Path(tmp) / "copy.onnx")
             Path(tmp, "copy.onnx").replace(onnx_path)
 
-    if recipe.precision == "bf16":
-        cast_module(model, "bf16")
-        forward = cast_forward(model)
-    else:
-        forward = ort_forward(ort_session(onnx_path, threads=threads))
+    if artifact.suffix == ".pt" and recipe.precision != "fp32":
+        cast_module(model, recipe.precision)
+    forward = artifact_forward(
+        recipe.runtime, recipe.precision, artifact, model, threads=threads, device=device
+    )
     val_result = validate(forward, model, data, recipe.threshold, meta.get("threshold"), patch_size)
     threshold, val = val_result.threshold, val_result.val_dice
 
@@ -243,6 +289,7 @@ def compress_checkpoint(
         "baseline": str(baseline),
         "data_fingerprint": data.fingerprint,
         "precision": recipe.precision,
+        "runtime": recipe.runtime,
         "metrics": {"val_dice": val},
     }
     half = recipe.precision in ("fp16", "bf16")
@@ -252,16 +299,32 @@ def compress_checkpoint(
     save_checkpoint(checkpoint_path, stored, ckpt_meta, sparse=recipe.prune == "unstructured")
     # torch CPU latency in the deployed dtype, except fp16: emulated on CPUs (~70x slower), so the
     # fp32 module is timed instead and metrics.json says so
-    if recipe.precision == "fp16":
+    if recipe.precision == "fp16" and not device.startswith("cuda"):
         model.float()
-    artifact = checkpoint_path if recipe.precision == "bf16" else onnx_path
-    compressed = _metrics(model, spatial, onnx_path, artifact, threads, latency_runs, device)
+    compressed = _metrics(
+        model.cpu(),
+        spatial,
+        onnx_path,
+        artifact,
+        threads,
+        latency_runs,
+        device,
+        backends=backends,
+        precision=recipe.precision,
+        references=references,
+    )
     compressed.update(
         threshold=threshold,
         val_dice=val,
         val_per_subject=val_result.per_subject,
         torch_dtype=str(next(model.parameters()).dtype),
     )
+    if artifact.suffix == ".xml":
+        from compress.openvino import compile_ir, effective_precision
+
+        compressed["ov_inference_precision"] = effective_precision(
+            compile_ir(artifact, recipe.precision, threads=threads)
+        )
     model.float()
     result = {
         "baseline": baseline_metrics,

@@ -23,6 +23,7 @@ PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("fixed", "global", "per-region")
+RUNTIMES = ("ort", "openvino", "torch")  # where the artifact is deployed (compress.runners)
 # Bounds of the recovery fields (inclusive unless said otherwise in `Recipe.validate`).
 MAX_PRUNE_ROUNDS = 10
 MAX_DISTILL_WEIGHT = 100.0
@@ -60,6 +61,9 @@ class Recipe:
     * ``regularize_steps``: steps of sparsity-inducing group regularisation of the baseline
       before structured / pair pruning (0 = off; `compress.regularize`), with coefficient
       ``regularize_strength`` (Torch-Pruning ``GroupNormPruner(reg=...)``).
+    * ``runtime``: the deployment runtime the artifact is built for: ``ort`` (ONNX file; int8 =
+      ORT static QDQ), ``openvino`` (IR ``model.xml``/``.bin``; int8 = NNCF, bf16 = OpenVINO's
+      bf16 inference) or ``torch`` (the checkpoint; fp32/fp16/bf16, no int8).
     """
 
     prune: str = "none"
@@ -77,6 +81,7 @@ class Recipe:
     distill_temperature: float = 1.0
     regularize_steps: int = 0
     regularize_strength: float = 1e-3
+    runtime: str = "ort"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_ratios", tuple(float(r) for r in self.level_ratios))
@@ -90,6 +95,9 @@ class Recipe:
         _choice("precision", self.precision, PRECISIONS)
         _choice("calibration", self.calibration, CALIBRATIONS)
         _choice("threshold", self.threshold, THRESHOLD_MODES)
+        _choice("runtime", self.runtime, RUNTIMES)
+        if self.runtime == "torch" and self.precision == "int8":
+            raise ValueError("recipe: precision int8 needs runtime ort or openvino, not torch")
         _ratio("ratio", self.ratio)
         for i, r in enumerate(self.level_ratios):
             _ratio(f"level_ratios[{i}]", r)
@@ -142,7 +150,8 @@ class Recipe:
     @property
     def label(self) -> str:
         """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``,
-        ``reg200(0.001)+structured0.50/r8+gradual4+ft200+kd1(T2)+fp32+global``."""
+        ``reg200(0.001)+structured0.50/r8+gradual4+ft200+kd1(T2)+fp32+global`` (``@openvino`` /
+        ``@torch`` appended for those runtimes)."""
         parts = []
         if self.regularize_steps:
             parts.append(f"reg{self.regularize_steps}({self.regularize_strength:g})")
@@ -165,7 +174,8 @@ class Recipe:
             parts.append(f"kd{self.distill_weight:g}{temperature}")
         parts.append(f"int8({self.calibration})" if self.precision == "int8" else self.precision)
         parts.append(self.threshold)
-        return "+".join(parts)
+        label = "+".join(parts)
+        return label if self.runtime == "ort" else f"{label}@{self.runtime}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

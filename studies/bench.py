@@ -3,6 +3,7 @@
     python -m studies.bench train --data runs/phantom.h5                     # samples/s fp32 vs bf16
     python -m studies.bench compress --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
     python -m studies.bench recovery --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
+    python -m studies.bench ceiling                                          # see studies.ceiling
 
 ``train`` times the same training loop with ``--amp off`` and ``--amp bf16`` in one process,
 alternating, and reports samples/s and their ratio. ``compress`` runs the reference recipes on
@@ -165,9 +166,27 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--latency-runs", type=int, default=50)
     c.add_argument("--out", default="runs/bench/compress")
     _recovery_parser(sub)
+    e = sub.add_parser(
+        "ceiling",
+        help="GFLOP/s of one large 3x3 conv per runtime/precision; zoo models as % of it",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("--runtimes", default="ort,openvino", help="comma-separated: ort, openvino")
+    e.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32, int8")
+    e.add_argument("--models", default="unet2d-medium,unet3d-small", help="zoo models")
+    e.add_argument("--channels", type=int, default=64, help="ceiling conv channels in and out")
+    e.add_argument("--conv-2d", type=int, default=120, help="ceiling conv 2D side (pixels)")
+    e.add_argument("--conv-3d", type=int, default=32, help="ceiling conv 3D side (voxels)")
+    e.add_argument("--input-2d", type=int, default=240, help="2D model input side")
+    e.add_argument("--input-3d", type=int, default=96, help="3D model input side")
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--runs", type=int, default=20, help="timed runs per measurement (>= 20)")
+    e.add_argument("--out", default="runs/bench/ceiling.json")
     args = parser.parse_args(argv)
     if args.command == "recovery":
         return _recovery_main(parser, args)
+    if args.command == "ceiling":
+        return _ceiling_command(parser, args)
     if args.command == "train":
         result = train_throughput(
             args.model,
@@ -261,6 +280,43 @@ def _recovery_main(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     write_text_atomic(out / "recovery.json", json.dumps(result, indent=2))
     write_text_atomic(out / "recovery.md", table + "\n")
     print(table)
+    return 0
+
+
+def _ceiling_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from compress.openvino import unavailable_reason
+    from studies.ceiling import PRECISIONS, RUNTIME_BACKENDS, ceiling, ceiling_table
+    from studies.machine import machine_info, machine_markdown
+
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for flag, values, known in (
+        ("--runtimes", runtimes, tuple(RUNTIME_BACKENDS)),
+        ("--precisions", precisions, PRECISIONS),
+        ("--models", models, tuple(zoo.names())),
+    ):
+        bad = [v for v in values if v not in known]
+        if bad or not values:
+            parser.error(f"{flag}: unknown {bad or 'empty'}; known: {', '.join(known)}")
+    if "openvino" in runtimes and (reason := unavailable_reason(int8="int8" in precisions)):
+        parser.error(f"--runtimes openvino: {reason}")
+    result = ceiling(
+        runtimes=runtimes,
+        precisions=precisions,
+        models=models,
+        channels=args.channels,
+        conv_2d=args.conv_2d,
+        conv_3d=args.conv_3d,
+        input_2d=args.input_2d,
+        input_3d=args.input_3d,
+        threads=args.threads,
+        runs=args.runs,
+    )
+    result["machine"] = machine_info(args.threads)
+    write_text_atomic(args.out, json.dumps(result, indent=2))
+    print(ceiling_table(result))
+    print(machine_markdown(result["machine"]))
     return 0
 
 

@@ -19,6 +19,8 @@ LIBRARIES = (
     "torch-pruning",
     "onnx",
     "onnxruntime",
+    "openvino",
+    "nncf",
     "optuna",
     "numpy",
     "scipy",
@@ -53,8 +55,14 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     """A JSON-able description of this machine; ``threads`` = the thread count used."""
     import torch
 
+    from compress.simd import cpu_flags, default_round_to
+
+    flags = cpu_flags()
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("asimd", "sve"))
     return {
         "cpu": cpu_model(),
+        "cpu_vector_flags": vector,
+        "round_to": {"fp32": default_round_to(flags), "int8": default_round_to(flags, "int8")},
         "cores": os.cpu_count(),
         "threads": threads,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -70,6 +78,12 @@ def machine_markdown(info: dict[str, Any]) -> str:
     lines = [
         f"- CPU: {info['cpu']} ({info['cores']} logical cores), "
         f"{info['threads']} thread(s) per worker for PyTorch and ONNX Runtime",
+        f"- Vector units: {' '.join(info.get('cpu_vector_flags', [])) or 'not recorded'}"
+        + (
+            f" (default round_to fp32 {info['round_to']['fp32']}, int8 {info['round_to']['int8']})"
+            if "round_to" in info
+            else ""
+        ),
         f"- GPU: {info['gpu'] or 'none'}",
         f"- OS: {info['os']}, Python {info['python']}",
         f"- Libraries: {libs}",

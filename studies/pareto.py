@@ -22,7 +22,9 @@ What a sweep (`studies.prune_sweep`) stores, and this module reads:
   measurements, as in ``metrics.json``), ``dice_drop`` (val mean-Dice loss), ``dice_drop_bound``
   (the loss at the lower end of its paired 95% CI), ``paired_val`` (`unet.stats.paired_comparison`
   over the val subjects), ``worker``; ``error`` for failed trials;
-* trial values: (val mean Dice, deployable size in bytes, ONNX Runtime CPU median latency in ms);
+* trial values: (val mean Dice, deployable size in bytes, latency in ms on the sweep's
+  ``latency_backend``: the baseline's median divided by the trial's paired speed-up,
+  `latency_objective_ms`; also stored in the trial's metrics as ``latency_objective_ms``);
   the constraint ``dice_drop`` (feasible when ``dice_drop_bound`` <= ``--max-dice-drop``).
 """
 
@@ -37,11 +39,36 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from compress.deploy import artifact_name
 from compress.recipe import Recipe
 from unet.config import UNetConfig
 from unet.inference import Forward
 
-OBJECTIVES = ("val_dice_mean", "size_bytes", "latency_ms_ort")
+OBJECTIVES = ("val_dice_mean", "size_bytes", "latency_ms_ort")  # names kept for stored studies
+LATENCY_NAMES = {
+    "ort_cpu": "ONNX Runtime CPU",
+    "ov_cpu": "OpenVINO CPU",
+    "torch_cpu": "PyTorch CPU",
+    "ort_cuda": "ONNX Runtime CUDA",
+    "torch_cuda": "PyTorch CUDA",
+}
+
+
+def latency_objective_ms(
+    metrics: dict[str, Any], backend: str = "ort_cpu", reference_ms: float | None = None
+) -> float:
+    """The sweep's latency objective (ms) of an M dict on ``backend``.
+
+    With a paired speed-up (``speedup_<backend>``, `compress.timing`) and the baseline's median
+    ``reference_ms`` (measured once per study, fixed): ``reference_ms / speedup``, so machine
+    load during a trial cancels out; otherwise the trial's own median (older studies).
+    """
+    speedup = metrics.get(f"speedup_{backend}")
+    if speedup and reference_ms:
+        return float(reference_ms) / float(speedup)
+    return float(metrics["latency_ms"][backend]["median"])
+
+
 DIRECTIONS = ("maximize", "minimize", "minimize")
 CONSTRAINT = "dice_drop"
 
@@ -65,7 +92,7 @@ class TrialModel:
 
     @property
     def onnx(self) -> Path:
-        """``model.onnx`` (fp32 / fp16 / int8 as the recipe says)."""
+        """``model.onnx`` (fp32 / fp16 / int8 as the recipe says; ORT-runtime recipes only)."""
         return self.trial_dir / "model.onnx"
 
     @property
@@ -87,7 +114,10 @@ class TrialModel:
 
     @property
     def latency_ms(self) -> float:
-        """Median ONNX Runtime CPU latency at batch 1, in milliseconds."""
+        """The sweep's latency objective at batch 1 in ms (`latency_objective_ms`; the median
+        ONNX Runtime CPU latency for studies made before it was stored)."""
+        if "latency_objective_ms" in self.metrics:
+            return float(self.metrics["latency_objective_ms"])
         return float(self.metrics["latency_ms"]["ort_cpu"]["median"])
 
     def metrics_file(self) -> dict[str, Any]:
@@ -97,23 +127,21 @@ class TrialModel:
     def forward(
         self, threads: int | None = None, device: str = "cpu"
     ) -> tuple[Forward, UNetConfig]:
-        """A `unet.inference.Forward` running the deployable artifact, and the model's config."""
+        """A `unet.inference.Forward` running the deployable artifact (ONNX in ONNX Runtime,
+        IR in OpenVINO with the recipe's precision, or the checkpoint), and the model's config."""
+        from compress.cast import cast_module
+        from compress.deploy import artifact_forward
         from unet.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(self.checkpoint)
-        if self.artifact.endswith(".onnx"):
-            from compress.export import ort_forward, ort_session
-
-            session = ort_session(
-                self.artifact_path, threads, "cuda" if device == "cuda" else "cpu"
-            )
-            return ort_forward(session), model.config
-        from compress.cast import cast_forward, cast_module
-
         precision = self.recipe.get("precision", "fp32")
-        if precision in ("fp16", "bf16"):
+        if self.artifact.endswith(".pt") and precision in ("fp16", "bf16"):
             cast_module(model, precision)
-        return cast_forward(model.to(device)), model.config
+        runtime = self.recipe.get("runtime", "ort")
+        forward = artifact_forward(
+            runtime, precision, self.artifact_path, model, threads=threads, device=device
+        )
+        return forward, model.config
 
 
 def baseline_model(study: optuna.Study) -> TrialModel:
@@ -127,7 +155,7 @@ def baseline_model(study: optuna.Study) -> TrialModel:
         recipe=recipe,
         metrics=dict(study.user_attrs["baseline_metrics"]),
         trial_dir=Path(info["baseline_dir"]),
-        artifact="model.onnx",
+        artifact=artifact_name(recipe.get("runtime", "ort"), recipe.get("precision", "fp32")),
         feasible=True,
     )
 

@@ -10,9 +10,21 @@ Each trial samples a `compress.recipe.Recipe` (pruning method and ratio(s), fine
 precision and int8 calibration, threshold mode), runs `compress.apply.compress_checkpoint` into
 its own folder ``<out>/<study>/trials/<number>/`` (``model.onnx``, ``checkpoint.pt``,
 ``recipe.json``, ``metrics.json``) and returns three objectives, all on the **validation**
-split: mean Dice (maximise), deployable artifact size in bytes (minimise) and median ONNX
-Runtime CPU latency at batch 1 in ms (minimise). The test split is read only afterwards, by
-the report (`studies.report`), for the Pareto models chosen on validation.
+split: mean Dice (maximise), deployable artifact size in bytes (minimise) and latency at batch
+1 in ms on the deployment target (minimise). The test split is read only afterwards, by the
+report (`studies.report`), for the Pareto models chosen on validation.
+
+Latency objective: ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (default:
+the fastest CPU runtime installed, ``ov_cpu`` when openvino imports, else ``ort_cpu``; a backend
+that cannot run here is one ``error:`` line before any work). Every trial's artifact is built
+for that backend's runtime (``Recipe.runtime``: ONNX for ORT, an OpenVINO IR with NNCF int8 for
+OpenVINO, the checkpoint for torch), so the objective is the deployed latency. Each worker
+opens the baseline's fp32 session on that backend once and keeps it for the whole study
+(`worker_references`); each trial is timed against it in alternating rounds
+(`compress.timing.paired_latency`) and its objective is the baseline's median, measured once
+when the study was prepared, divided by the paired speed-up: machine load during a trial moves
+both sides of every round and cancels in the ratio. The trial's own medians stay in its metrics
+for information.
 
 **No arguments** = the embedded default (`studies.defaults`): the default phantom is generated
 and the default ``unet2d-small`` baseline trained, both cached under ``<out>/cache/`` keyed by
@@ -22,11 +34,13 @@ report (``report.md``, ``pareto.csv``, ``pareto.json``) and figures (``figures/`
 Search space (define-by-run; a parameter exists only where it applies): ``prune`` none /
 unstructured (ratio 0.30-0.95 in steps of 0.05, capped at the largest ratio that deletes no
 layer of the baseline, `unstructured_limit`) / structured (ratio 0.10-0.80, steps of 0.05) /
-pairs (one ratio per U-Net level in {0, 0.25, 0.5, 0.75}); ``round_to`` {1, 8} for structured
-and pairs; ``finetune_steps`` from ``--finetune-steps`` (default 0 / 25 / 75, after pruning
-only); ``precision`` fp32 / fp16 / int8 with ``calibration`` minmax / entropy / percentile for
-int8; ``threshold`` global / per-region. bf16 is not searched: the latency objective is ONNX
-Runtime's, and its CPU provider has no bf16 convolutions.
+pairs (one ratio per U-Net level in {0, 0.25, 0.5, 0.75}); ``round_to`` {1, R} for structured
+and pairs, R from ``--round-to`` (default ``auto``: this CPU's SIMD width, `compress.simd`: 16
+with AVX-512, 8 with AVX2); ``finetune_steps`` from ``--finetune-steps`` (default 0 / 25 / 75,
+after pruning only); ``precision`` per runtime (`RUNTIME_PRECISIONS`): ORT fp32 / fp16 / int8
+(bf16 is not searched there: ORT's CPU provider has no bf16 convolutions), OpenVINO fp32 /
+fp16 / bf16 / int8, torch fp32 / fp16 / bf16; ``calibration`` minmax / entropy / percentile for
+int8 (ORT's calibrators; NNCF uses its own min-max); ``threshold`` global / per-region.
 
 Sampler: ``TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed + worker)``.
 The budget is a few dozen trials, far below what NSGA-II needs (its population of 50 would
@@ -76,7 +90,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +100,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from compress.recipe import Recipe
+from compress.runners import LATENCY_BACKENDS, RUNTIMES
 from studies import defaults
 from studies.pareto import CONSTRAINT, DIRECTIONS, OBJECTIVES
 from studies.storage import (
@@ -96,6 +111,12 @@ from studies.storage import (
     journal_url,
     open_storage,
     worker_identity,
+)
+from studies.sweep_latency import (
+    RUNTIME_PRECISIONS,
+    objective_values,
+    resolve_latency_flags,
+    worker_references,
 )
 from studies.trial_budget import SURPLUS_ATTR, claim_slot, wait_for_slot
 from unet.killpoints import killpoint
@@ -139,6 +160,27 @@ class SweepSpec:
     latency_runs: int = 20
     max_dice_drop: float = 0.05
     finetune_steps: tuple[int, ...] = FINETUNE_STEPS
+    latency_backend: str = "ort_cpu"
+    round_to: int = ROUND_TO[-1]
+
+    @property
+    def runtime(self) -> str:
+        """The runtime every trial's artifact is built for (`compress.recipe.RUNTIMES`)."""
+        return RUNTIMES[self.latency_backend]
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Where each artifact is timed: the objective's backend first, then the runtime's
+        usual ones (`compress.deploy.latency_backends`)."""
+        from compress.deploy import latency_backends
+
+        others = latency_backends(self.runtime, self.device)
+        return tuple(dict.fromkeys((self.latency_backend, *others)))
+
+    @property
+    def baseline_recipe(self) -> Recipe:
+        """`BASELINE_RECIPE` deployed on this sweep's runtime (dense fp32)."""
+        return replace(BASELINE_RECIPE, runtime=self.runtime)
 
 
 # ------------------------------------------------------------------ search space
@@ -167,14 +209,19 @@ def suggest_recipe(
     levels: int,
     finetune_steps: Sequence[int] = FINETUNE_STEPS,
     unstructured_max: float = UNSTRUCTURED_RATIOS[1],
+    *,
+    round_to_choices: Sequence[int] = ROUND_TO,
+    precisions: Sequence[str] = PRECISIONS,
 ) -> Recipe:
     """Sample one recipe (define-by-run: parameters exist only where they apply).
 
     ``levels``: the baseline's U-Net levels (one pair ratio each); ``finetune_steps``: the
     fine-tune step counts to choose from after pruning; ``unstructured_max``: the largest
-    unstructured ratio (`unstructured_limit` of the baseline). Recovery: ``regularize_steps``
-    (0 or the longest fine-tune) and ``regularize_strength`` for structured / pairs pruning;
-    ``prune_rounds`` and ``distill_weight`` when a pruned model is fine-tuned.
+    unstructured ratio (`unstructured_limit` of the baseline); ``round_to_choices`` and
+    ``precisions``: the values searched (the sweep's, from the machine and the runtime).
+    Recovery: ``regularize_steps`` (0 or the longest fine-tune) and ``regularize_strength`` for
+    structured / pairs pruning; ``prune_rounds`` and ``distill_weight`` when a pruned model is
+    fine-tuned.
     """
     method = trial.suggest_categorical("prune", PRUNE_METHODS)
     ratio, level_ratios, round_to, finetune = 0.0, (), 1, 0
@@ -192,7 +239,7 @@ def suggest_recipe(
             trial.suggest_float(f"level_ratio_{i}", lo, hi, step=step) for i in range(levels)
         )
     if method in ("structured", "pairs"):
-        round_to = trial.suggest_categorical("round_to", ROUND_TO)
+        round_to = trial.suggest_categorical("round_to", tuple(round_to_choices))
         longest = max(finetune_steps, default=0)
         if longest:
             reg_steps = trial.suggest_categorical("regularize_steps", (0, longest))
@@ -203,7 +250,7 @@ def suggest_recipe(
     if finetune:
         rounds = trial.suggest_categorical("prune_rounds", PRUNE_ROUNDS)
         distill = trial.suggest_categorical("distill_weight", DISTILL_WEIGHTS)
-    precision = trial.suggest_categorical("precision", PRECISIONS)
+    precision = trial.suggest_categorical("precision", tuple(precisions))
     calibration = (
         trial.suggest_categorical("calibration", CALIBRATIONS) if precision == "int8" else "minmax"
     )
@@ -240,17 +287,13 @@ def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
 # ------------------------------------------------------------------ one trial
 
 
-def objective_values(metrics: dict[str, Any]) -> tuple[float, float, float]:
-    """(val mean Dice, deployable size in bytes, ORT CPU median latency in ms) of an M dict."""
-    return (
-        float(metrics["val_dice"]["mean"]),
-        float(metrics["size_bytes"]),
-        float(metrics["latency_ms"]["ort_cpu"]["median"]),
-    )
+def run_trial(
+    trial: optuna.Trial, spec: SweepSpec, references: dict[str, Any] | None = None
+) -> tuple[float, float, float]:
+    """The objective: compress the baseline with a sampled recipe, measure it on val.
 
-
-def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float]:
-    """The objective: compress the baseline with a sampled recipe, measure it on val."""
+    ``references``: the baseline's timed calls (`worker_references`); built per trial if None.
+    """
     from compress.pipeline import compress_checkpoint
 
     trial.set_user_attr(WORKER_ATTR, worker_identity())
@@ -259,8 +302,14 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float
     info = trial.study.user_attrs
     sweep = info["sweep"]
     recipe = suggest_recipe(
-        trial, int(sweep["levels"]), spec.finetune_steps, float(sweep["unstructured_max"])
+        trial,
+        int(sweep["levels"]),
+        spec.finetune_steps,
+        float(sweep["unstructured_max"]),
+        round_to_choices=sweep.get("round_to_choices", ROUND_TO),
+        precisions=sweep.get("precisions", PRECISIONS),
     )
+    recipe = replace(recipe, runtime=spec.runtime)
     trial_dir = Path(spec.study_dir) / "trials" / str(trial.number)
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("label", recipe.label)
@@ -278,15 +327,21 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec) -> tuple[float, float, float
             baseline_metrics=info["baseline_metrics"],
             seed=spec.seed,
             cache_dir=Path(spec.study_dir) / "cache",  # regularised baselines, once per study
+            backends=spec.backends,
+            references=references,
         )
     except Exception as exc:
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         raise
     metrics = result["compressed"]
+    backend = spec.latency_backend
+    reference_ms = info["baseline_metrics"]["latency_ms"][backend]["median"]
+    values = objective_values(metrics, backend, reference_ms)
+    metrics["latency_objective_ms"] = values[2]
     trial.set_user_attr("metrics", metrics)  # the threshold curve stays in the folder
     trial.set_user_attr("artifact", result.get("artifact", "model.onnx"))
     trial.set_constraint(CONSTRAINT, constraint_value(trial, result, info, spec.max_dice_drop))
-    return objective_values(metrics)
+    return values
 
 
 def constraint_value(
@@ -315,9 +370,13 @@ def trial_summary(trial: FrozenTrial) -> str:
         return f"trial {trial.number:>3} {trial.state.name}  {label}  {error}".rstrip()
     dice, size, latency = trial.values
     mark = "" if all(v <= 0 for v in trial.constraints.values()) else "  (infeasible)"
+    speedups = {
+        k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k.startswith("speedup_")
+    }
+    paired = " ".join(f"{k.removeprefix('speedup_')} {v:.2f}x" for k, v in speedups.items())
     return (
         f"trial {trial.number:>3}  {label:<44} size {size / 1e6:7.3f} MB  "
-        f"ORT {latency:7.2f} ms  val Dice {dice:.4f}{mark}"
+        f"{latency:7.2f} ms  val Dice {dice:.4f}{'  ' + paired if paired else ''}{mark}"
     )
 
 
@@ -376,9 +435,11 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
     failures = _StopOnFailures(max(3, spec.trials))
     deadline = None if spec.timeout_s is None else time.monotonic() + spec.timeout_s
     before = len(study.get_trials(deepcopy=False))
+    # the baseline's sessions on the sweep's backends, kept open for the whole study
+    references = worker_references(spec.baseline, spec.data, spec.backends, spec.threads)
     while not failures.stopped and wait_for_slot(study, spec.trials, deadline):
         study.optimize(
-            lambda trial: run_trial(trial, spec),
+            lambda trial: run_trial(trial, spec, references),
             n_trials=1,
             callbacks=[failures, _Report(bar)],
             catch=(Exception,),
@@ -484,7 +545,7 @@ def prepare_study(
         "unstructured_max": unstructured_limit(baseline),
         "study_dir": str(Path(spec.study_dir).resolve()),
         "baseline_dir": str((Path(spec.study_dir) / "baseline").resolve()),
-        "baseline_recipe": BASELINE_RECIPE.to_dict(),
+        "baseline_recipe": spec.baseline_recipe.to_dict(),
         "seed": spec.seed,
         "threads": spec.threads,
         "device": spec.device,
@@ -492,18 +553,25 @@ def prepare_study(
         "max_dice_drop": spec.max_dice_drop,
         "finetune_steps": list(spec.finetune_steps),
         "objectives": list(OBJECTIVES),
+        "latency_backend": spec.latency_backend,
+        "round_to_choices": sorted({1, spec.round_to}),
+        "precisions": list(RUNTIME_PRECISIONS[spec.runtime]),
     }
     stored = study.user_attrs.get("sweep")
     if stored is not None:
+        old_defaults = {"latency_backend": "ort_cpu", "round_to_choices": list(ROUND_TO)}
         for key, what in (
             ("data_fingerprint", "data"),
             ("baseline_sha256", "baseline"),
             ("finetune_steps", "finetune_steps"),
+            ("latency_backend", "latency_backend"),
+            ("round_to_choices", "round_to_choices"),
         ):
-            if stored.get(key) != info[key]:
+            if stored.get(key, old_defaults.get(key)) != info[key]:
                 raise ValueError(
                     f"study {spec.study_name!r} in this storage was run with another {what} "
-                    f"({stored.get(what)}); pick another --study-name or --storage"
+                    f"({stored.get(what, old_defaults.get(key))}); pick another --study-name "
+                    "or --storage"
                 )
         if stored.get("threads") != spec.threads:
             print(
@@ -524,12 +592,13 @@ def prepare_study(
         result = compress_checkpoint(
             spec.baseline,
             spec.data,
-            BASELINE_RECIPE,
+            spec.baseline_recipe,
             Path(spec.study_dir) / "baseline",
             threads=spec.threads,
             latency_runs=spec.latency_runs,
             device=spec.device,
             seed=spec.seed,
+            backends=spec.backends,
         )
         study.set_user_attr("baseline_measure_s", time.perf_counter() - t0)
         study.set_user_attr("baseline_metrics", result["compressed"])
@@ -578,7 +647,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m studies.prune_sweep",
-        description="Optuna search of compression recipes (val Dice, size, ORT CPU latency); "
+        description="Optuna search of compression recipes (val Dice, size, deployed latency); "
         "then a held-out report and figures. No arguments: the embedded default.",
         formatter_class=_HelpFormatter,
     )
@@ -638,6 +707,20 @@ def _parser() -> argparse.ArgumentParser:
         help="a trial is infeasible when the lower end of the paired 95%% CI of its val "
         "mean-Dice delta vs the baseline is below minus this",
     )
+    p.add_argument(
+        "--latency-backend",
+        choices=LATENCY_BACKENDS,
+        default="ort_cpu",
+        help="deployment target of the latency objective; each trial's artifact is built for "
+        "its runtime (ov_cpu: OpenVINO, opt-in: OpenVINO and PyTorch training in one process "
+        "crashed in this project's test suite, see README)",
+    )
+    p.add_argument(
+        "--round-to",
+        default="auto",
+        help="structured/pair widths are searched unrounded or rounded to this multiple; "
+        "'auto': this CPU's SIMD width (compress.simd: 16 with AVX-512, 8 with AVX2)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the report and figures")
     return p
 
@@ -674,6 +757,7 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--max-dice-drop must be in (0, 1], got {args.max_dice_drop}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
+    resolve_latency_flags(parser, args)
     if args.baseline is None and args.model not in zoo.names():
         parser.error(f"--model {args.model!r}: unknown zoo model; known: {', '.join(zoo.names())}")
     if args.data is not None:
@@ -731,6 +815,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_runs=args.latency_runs,
         max_dice_drop=args.max_dice_drop,
         finetune_steps=tuple(args.finetune_steps),
+        latency_backend=args.latency_backend,
+        round_to=args.round_to,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -741,7 +827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(
         f"study {study_name!r} in {display_url(spec.storage)}: target {spec.trials} complete trials, "
-        f"{args.workers} worker(s) x {threads} thread(s); {time.perf_counter() - t0:.0f} s so far",
+        f"{args.workers} worker(s) x {threads} thread(s); latency on {spec.latency_backend} "
+        f"({spec.runtime} artifacts), round_to {sorted({1, spec.round_to})}; "
+        f"{time.perf_counter() - t0:.0f} s so far",
         file=sys.stderr,
     )
     study = optuna.load_study(study_name=study_name, storage=storage)

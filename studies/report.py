@@ -6,9 +6,10 @@
 writes ``<study folder>/report.md``, ``pareto.csv`` and ``pareto.json`` (``--out`` to put them
 elsewhere). The baseline row comes first, then one row per Pareto model (best validation Dice
 first): recipe, params, size (deployable and zlib-compressed), compression factor and ONNX
-Runtime / PyTorch latency speed-up vs the baseline, val and test Dice per region and mean, and
-test HD95. Each Pareto model is evaluated through its deployable artifact (``model.onnx`` in ONNX
-Runtime) with its stored threshold(s); the baseline through its checkpoint with its stored
+Runtime / OpenVINO / PyTorch latency speed-up vs the baseline (paired: both timed in alternating
+rounds, `compress.timing`), val and test Dice per region and mean, and test HD95. Each Pareto
+model is evaluated through its deployable artifact (``model.onnx`` in ONNX Runtime,
+``model.xml`` in OpenVINO) with its stored threshold(s); the baseline through its checkpoint with its stored
 threshold. The Pareto set itself is `optuna.Study.best_trials` (validation objectives, feasible
 trials only): the test split never influences which models are reported.
 """
@@ -25,8 +26,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from studies.pareto import TrialModel, baseline_model, load_study, sweep_info, trial_models
-from studies.report_format import markdown_table, rows_csv, summary_line
+from studies.pareto import (
+    LATENCY_NAMES,
+    TrialModel,
+    baseline_model,
+    load_study,
+    sweep_info,
+    trial_models,
+)
+from studies.report_format import SHORT_BACKENDS, markdown_table, rows_csv, summary_line
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.io import write_text_atomic
 from unet.killpoints import killpoint
@@ -54,15 +62,21 @@ def evaluate_test(
     )
 
 
+def speedup(m: dict[str, Any], base: dict[str, Any], backend: str) -> float | None:
+    """The paired speed-up vs the baseline on ``backend`` (``speedup_<backend>``, measured in
+    alternating rounds); for metrics without it, the ratio of the two medians; None if unmeasured."""
+    if f"speedup_{backend}" in m:
+        return float(m[f"speedup_{backend}"])
+    mine, theirs = m["latency_ms"].get(backend), base["latency_ms"].get(backend)
+    if mine and theirs:
+        return float(theirs["median"]) / float(mine["median"])
+    return None
+
+
 def _row(
     trial: str, label: str, m: dict[str, Any], base: dict[str, Any], test: dict[str, Any]
 ) -> dict[str, Any]:
     lat = m["latency_ms"]
-    ort, torch_ = lat["ort_cpu"]["median"], lat.get("torch_cpu", {}).get("median")
-    b_ort, b_torch = (
-        base["latency_ms"]["ort_cpu"]["median"],
-        base["latency_ms"].get("torch_cpu", {}).get("median"),
-    )
     row: dict[str, Any] = {
         "trial": trial,
         "recipe": label,
@@ -73,12 +87,12 @@ def _row(
         "size_compressed_bytes": m["size_compressed_bytes"],
         "compression_factor": base["size_bytes"] / m["size_bytes"],
         "compression_factor_compressed": base["size_compressed_bytes"] / m["size_compressed_bytes"],
-        "latency_ms_ort": ort,
-        "latency_iqr_ms_ort": lat["ort_cpu"].get("iqr"),
-        "speedup_ort": b_ort / ort,
-        "latency_ms_torch": torch_,
-        "speedup_torch": b_torch / torch_ if b_torch and torch_ else None,
     }
+    for short, backend in SHORT_BACKENDS.items():
+        row[f"latency_ms_{short}"] = lat.get(backend, {}).get("median")
+        if short != "torch":
+            row[f"latency_iqr_ms_{short}"] = lat.get(backend, {}).get("iqr")
+        row[f"speedup_{short}"] = speedup(m, base, backend)
     row.update({f"threshold_{r}": float(m["threshold"][r]) for r in REGIONS})
     row.update({f"val_dice_{r}": float(m["val_dice"][r]) for r in _R})
     row.update({f"test_dice_{r}": float(test["dice"][r]) for r in _R})
@@ -212,12 +226,14 @@ def report_markdown(
     machine = study.user_attrs.get("machine")
     trained = study.user_attrs.get("baseline_as_trained")
     as_trained = f"{trained['val_dice']['mean']:.4f}" if trained else "not recorded"
+    backend = info.get("latency_backend", "ort_cpu")
+    name = LATENCY_NAMES.get(backend, backend)
     return f"""# Compression sweep `{study.study_name}`: held-out report
 
-{summary_line(rows)}
+{summary_line(rows, backend=backend)}
 
 The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: val
-mean Dice, deployable size, ONNX Runtime CPU median latency at batch 1; feasible = the paired
+mean Dice, deployable size, {name} latency at batch 1; feasible = the paired
 95% CI of the val mean-Dice delta vs the baseline stays above -{info["max_dice_drop"]}). Each
 model was then evaluated once on the **test** split with its stored threshold(s) (Dice and HD95
 per subject volume) and compared **paired** with the baseline over the same
@@ -229,10 +245,12 @@ The baseline row is the trained model as dense fp32 ONNX with its thresholds sea
 region, exactly like every trial's (as trained, with its stored threshold: val mean Dice
 {as_trained}).
 
-{markdown_table(rows)}
+{markdown_table(rows, backend)}
 
-*factor*: baseline size / size (deployable artifact); *ORT x*, *torch x*: latency speed-up vs
-the baseline (median of {info["latency_runs"]} timed runs, batch 1, {info["threads"]} thread(s));
+*factor*: baseline size / size (deployable artifact); *x*: latency speed-up vs the baseline on
+the same backend, paired: the median over {info["latency_runs"]} rounds in which the model and
+the baseline ran back to back (batch 1, {info["threads"]} thread(s)), so machine load cancels;
+*ms*: the model's own median (for information, taken under whatever load there was);
 *zlib MB*: compressed artifact size (what unstructured sparsity saves). Full columns (HD95 and
 thresholds per region, IQRs, MACs): `pareto.csv`.
 
@@ -280,7 +298,7 @@ def write_report(
     write_text_atomic(paths[1], rows_csv(rows))
     payload = {
         "study": study.study_name,
-        "summary": summary_line(rows),
+        "summary": summary_line(rows, sweep_info(study).get("latency_backend", "ort_cpu")),
         "baseline": rows[0],
         "pareto": rows[1:],
         "machine": study.user_attrs.get("machine"),

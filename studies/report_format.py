@@ -12,7 +12,11 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from studies.pareto import LATENCY_NAMES
 from unet.data.canonical import REGIONS
+
+# report column suffix -> latency backend
+SHORT_BACKENDS = {"ort": "ort_cpu", "ov": "ov_cpu", "torch": "torch_cpu"}
 
 _R = (*REGIONS, "mean")
 # paired test comparison vs the baseline: the mean's delta and CI, then each region's
@@ -36,6 +40,9 @@ COLUMNS = (
     "latency_ms_ort",
     "latency_iqr_ms_ort",
     "speedup_ort",
+    "latency_ms_ov",
+    "latency_iqr_ms_ov",
+    "speedup_ov",
     "latency_ms_torch",
     "speedup_torch",
     *(f"threshold_{r}" for r in REGIONS),
@@ -47,9 +54,16 @@ COLUMNS = (
 )
 
 
-def summary_line(rows: Sequence[dict[str, Any]]) -> str:
-    """Best compression factor and ORT speed-up among the **non-inferior** Pareto models (paired
-    test comparison with the baseline: mean within its margin, every region within its own)."""
+def short_name(backend: str) -> str:
+    """The column suffix of a latency backend (``ov_cpu`` -> ``ov``)."""
+    return {v: k for k, v in SHORT_BACKENDS.items()}.get(backend, backend)
+
+
+def summary_line(rows: Sequence[dict[str, Any]], backend: str = "ort_cpu") -> str:
+    """Best compression factor and (paired) speed-up on ``backend`` among the **non-inferior**
+    Pareto models (paired test comparison with the baseline: mean within its margin, every
+    region within its own)."""
+    key = "speedup_" + short_name(backend)
     base = rows[0]
     ok = [r for r in rows[1:] if r.get("non_inferior")]
     margins = (
@@ -63,7 +77,8 @@ def summary_line(rows: Sequence[dict[str, Any]]) -> str:
             f"mean Dice {base['test_dice_mean']:.4f})."
         )
     size = max(ok, key=lambda r: r["compression_factor"])
-    speed = max(ok, key=lambda r: r["speedup_ort"])
+    speed = max(ok, key=lambda r: r.get(key) or 0.0)
+    name = LATENCY_NAMES.get(backend, backend)
 
     def delta(r: dict[str, Any]) -> str:
         return (
@@ -74,7 +89,7 @@ def summary_line(rows: Sequence[dict[str, Any]]) -> str:
     return (
         f"Best among non-inferior Pareto models ({margins}): "
         f"**{size['compression_factor']:.1f}x smaller** (trial {size['trial']}, {size['recipe']}, "
-        f"{delta(size)}) and an ONNX Runtime speed-up of **{speed['speedup_ort']:.2f}x** "
+        f"{delta(size)}) and an {name} speed-up of **{speed.get(key) or 0.0:.2f}x** "
         f"(trial {speed['trial']}, {speed['recipe']}, {delta(speed)})."
     )
 
@@ -108,16 +123,20 @@ def paired_cells(row: dict[str, Any]) -> str:
     )
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], backend: str = "ort_cpu") -> str:
+    """The report's Markdown table: one row per model, latency on ``backend``, paired verdict."""
+
     def mb(n: float) -> str:
         return f"{n / 1e6:.3f}"
 
     def opt(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
+    short = short_name(backend)
+    name = {"ort": "ORT", "ov": "OpenVINO"}.get(short, short)
     header = (
-        "| trial | recipe | params | size MB | zlib MB | factor | ORT ms | ORT x | torch ms "
-        "| torch x | val Dice | test Dice WT | TC | ET | mean | test HD95 mean "
+        f"| trial | recipe | params | size MB | zlib MB | factor | {name} ms | {name} x "
+        "| torch ms | torch x | val Dice | test Dice WT | TC | ET | mean | test HD95 mean "
         "| test delta mean [95% CI] | worst region lo | non-inferior |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -125,8 +144,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['trial']} | {r['recipe']} | {r['params']:,} | {mb(r['size_bytes'])} "
             f"| {mb(r['size_compressed_bytes'])} | {r['compression_factor']:.2f} "
-            f"| {r['latency_ms_ort']:.2f} | {r['speedup_ort']:.2f} "
-            f"| {opt(r['latency_ms_torch'], '.2f')} | {opt(r['speedup_torch'], '.2f')} "
+            f"| {opt(r.get(f'latency_ms_{short}'), '.2f')} "
+            f"| {opt(r.get(f'speedup_{short}'), '.2f')} "
+            f"| {opt(r.get('latency_ms_torch'), '.2f')} | {opt(r.get('speedup_torch'), '.2f')} "
             f"| {r['val_dice_mean']:.4f} | {r['test_dice_WT']:.4f} | {r['test_dice_TC']:.4f} "
             f"| {r['test_dice_ET']:.4f} | {r['test_dice_mean']:.4f} | {r['test_hd95_mean']:.2f} "
             f"| {paired_cells(r)} |"

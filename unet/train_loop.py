@@ -224,6 +224,11 @@ class TrainLoop:
             pin_memory=self.device.type == "cuda",
             # A private generator: creating the iterator must not consume the global RNG.
             generator=torch.Generator().manual_seed(0),
+            # Workers start from a clean server process, not by forking this one: forking a
+            # process in which a threaded runtime (OpenVINO's TBB, OpenMP) already runs can
+            # deadlock or crash the children.
+            multiprocessing_context="forkserver" if self.num_workers else None,
+            persistent_workers=False,
         )
         return iter(loader)
 

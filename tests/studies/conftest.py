@@ -81,6 +81,7 @@ def fast_argv(blob_data: Path, untrained_ckpt: Path, tmp_path: Path) -> list[str
         "--threads", "1",
         "--study-name", "s",
         "--out", str(tmp_path / "out"),
+        "--latency-backend", "ort_cpu",  # fake_metrics time ort_cpu and torch_cpu
     ]  # fmt: skip
 
 
@@ -93,6 +94,7 @@ def sweep_argv(blob_data: Path, tiny_baseline: Path, tmp_path: Path) -> list[str
         "--threads", "1",
         "--study-name", "s",
         "--out", str(tmp_path / "out"),
+        "--latency-backend", "ort_cpu",  # the ORT artifacts these tests open
     ]  # fmt: skip
 
 

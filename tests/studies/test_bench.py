@@ -133,3 +133,37 @@ def test_recovery_bench_on_tiny_data(tiny_baseline: Path, blob_data: Path, tmp_p
     assert [
         ln.split("|")[1].strip() for ln in table if ln.startswith("| a") or ln.startswith("| e")
     ] == ["a", "e"]
+
+
+def test_ceiling_tiny_run_reports_rates_and_percentages(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A toy-sized run (the real one is a benchmark): every row has a rate, ceilings are 100 %,
+    each model's percentage is its rate over the ceiling of the same runtime and dims."""
+    import json
+
+    from studies.bench import main
+
+    out = tmp_path / "c.json"
+    argv = ["ceiling", "--runtimes", "ort", "--precisions", "fp32", "--models", "unet2d-tiny",
+            "--channels", "8", "--conv-2d", "16", "--input-2d", "32",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["what"] for r in rows] == ["conv3x3 8ch 16x16", "unet2d-tiny 32x32"]
+    ceil = {(r["runtime"], r["dims"]): r["gflops"] for r in rows if r["what"].startswith("conv")}
+    for r in rows:
+        assert r["gflops"] > 0 and r["median_ms"] > 0
+        expected = 100 * r["gflops"] / ceil[(r["runtime"], r["dims"])]
+        assert r["percent_of_ceiling"] == __import__("pytest").approx(expected)
+    assert "| unet2d-tiny 32x32 | ort | fp32 |" in capsys.readouterr().out
+
+
+def test_ceiling_bad_flags_are_one_error_line(tmp_path, capsys) -> None:  # noqa: ANN001
+    import pytest
+
+    from studies.bench import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["ceiling", "--runtimes", "tensorrt", "--out", str(tmp_path / "c.json")])
+    assert exc.value.code == 2
+    assert "error: --runtimes: unknown ['tensorrt']" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()

@@ -135,6 +135,8 @@ def test_unstructured_limit_is_the_last_ratio_that_deletes_no_layer(name: str) -
 
 # ------------------------------------------------------------------ bad input
 
+_NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),
@@ -150,6 +152,20 @@ def test_unstructured_limit_is_the_last_ratio_that_deletes_no_layer(name: str) -
         (["--out", "{tmp}/file.txt/sub"], "--out {tmp}/file.txt/sub: not a writable folder"),
         (["--baseline", "{tmp}/file.txt"], "--baseline"),
         (["--latency-runs", "3"], "--latency-runs must be >= 20"),
+        (["--latency-backend", "tensorrt"], "invalid choice: 'tensorrt'"),
+        (["--round-to", "eight"], "--round-to must be an integer >= 1 or 'auto', got 'eight'"),
+        (["--round-to", "0"], "--round-to must be an integer >= 1 or 'auto', got 0"),
+        # the CUDA backends on a machine without a GPU (selection and error path only)
+        pytest.param(
+            ["--latency-backend", "torch_cuda"],
+            "--latency-backend torch_cuda: CUDA is not available",
+            marks=_NO_GPU,
+        ),
+        pytest.param(
+            ["--latency-backend", "ort_cuda"],
+            "--latency-backend ort_cuda: CUDA is not available",
+            marks=_NO_GPU,
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error_before_any_work(
@@ -373,7 +389,8 @@ def test_end_to_end_search_never_reads_test_report_does(
             assert (study_dir / "trials" / str(t.number) / name).is_file()
     report = (study_dir / "report.md").read_text()
     assert "Machine" in report and "onnxruntime" in report and "thread" in report
-    assert "mean-Dice loss on test" in report or "No Pareto model" in report
+    assert "Best among non-inferior Pareto models" in report or "No Pareto model" in report
+    assert "non-inferior" in report and "test delta mean [95% CI]" in report
     for name in ("pareto_front", "pruning_curves", "threshold_curves", "overlay"):
         for fmt in ("png", "pdf"):
             assert (study_dir / "figures" / f"{name}.{fmt}").stat().st_size > 1000
@@ -384,8 +401,12 @@ def test_end_to_end_search_never_reads_test_report_does(
     required = {"trial", "recipe", "params", "size_bytes", "size_compressed_bytes",
                 "compression_factor", "latency_ms_ort", "speedup_ort", "latency_ms_torch",
                 "val_dice_mean", "test_dice_mean", "test_dice_WT", "test_dice_TC",
-                "test_dice_ET", "test_hd95_mean"}  # fmt: skip
+                "test_dice_ET", "test_hd95_mean", "test_dice_delta", "test_dice_delta_lo",
+                "test_dice_delta_hi", "test_dice_delta_TC_lo", "non_inferior"}  # fmt: skip
     assert required <= set(rows[0])
+    for row in rows[1:]:  # every Pareto model is compared paired with the baseline on test
+        lo, delta, hi = (float(row[f"test_dice_delta{e}"]) for e in ("_lo", "", "_hi"))
+        assert lo <= delta <= hi and row["non_inferior"] in ("True", "False")
     assert (
         json.loads((study_dir / "pareto.json").read_text())["pareto"][0]["trial"]
         == rows[1]["trial"]
@@ -442,3 +463,101 @@ def test_four_workers_share_one_journal_on_two_cores(
         assert result["recipe"] == t.user_attrs["recipe"]
         assert t.values[1] == result["compressed"]["size_bytes"] > 0
     assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in complete}) >= 2
+
+
+# ------------------------------------------------------------------ latency backend and objective
+
+
+def test_missing_openvino_is_one_error_line(
+    fast_argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    monkeypatch.setattr(
+        "compress.openvino.unavailable_reason", lambda int8=False: "openvino not installed"
+    )
+    with pytest.raises(SystemExit) as exc:
+        main([*fast_argv, "--latency-backend", "ov_cpu"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: --latency-backend ov_cpu: openvino not installed")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("importable", "expected"), [(True, "ov_cpu"), (False, "ort_cpu")])
+def test_default_backend_is_the_fastest_cpu_runtime_installed(
+    monkeypatch: pytest.MonkeyPatch, importable: bool, expected: str
+) -> None:
+    import importlib.util
+
+    from compress.runners import fastest_cpu_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (real(name, *a) if importable else None) if name == "openvino" else real(name, *a)
+        ),
+    )
+    assert fastest_cpu_backend() == expected
+
+
+@pytest.mark.parametrize("backend", ["ort_cpu", pytest.param("ov_cpu", marks=pytest.mark.openvino)])
+def test_objective_is_reference_median_over_paired_speedup(
+    fake_compress: dict[str, Any],
+    fast_argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+) -> None:
+    """Each trial's recipe is built for the backend's runtime, timed there paired against the
+    worker's reference calls; objective = the baseline's median (once) / paired speed-up."""
+    import compress.pipeline
+    from compress.openvino import unavailable_reason
+
+    if backend == "ov_cpu" and unavailable_reason(int8=True):
+        pytest.skip(f"OpenVINO/NNCF: {unavailable_reason(int8=True)}")
+    fake = compress.pipeline.compress_checkpoint
+    seen: list[dict[str, Any]] = []
+
+    def paired(baseline, data, recipe, out_dir, **kw):  # noqa: ANN001, ANN003
+        result = fake(baseline, data, recipe, out_dir, **kw)
+        seen.append({"recipe": recipe, **kw})
+        base = result["compressed"]
+        base["latency_ms"][backend] = {"median": 5.1, "iqr": 0.1}  # the baseline's, once
+        if Path(out_dir).name != "baseline":
+            result["compressed"][f"speedup_{backend}"] = 2.0 + recipe.ratio
+        return result
+
+    monkeypatch.setattr(compress.pipeline, "compress_checkpoint", paired)
+    assert main([*fast_argv, "--trials", "2", "--no-report", "--latency-backend", backend]) == 0
+    study = _load(tmp_path / "out")
+    runtime = {"ort_cpu": "ort", "ov_cpu": "openvino"}[backend]
+    assert study.user_attrs["sweep"]["latency_backend"] == backend
+    assert study.user_attrs["sweep"]["baseline_recipe"]["runtime"] == runtime
+    trials = seen[1:]
+    assert len(trials) == 2
+    for call in trials:
+        assert call["recipe"].runtime == runtime
+        assert call["backends"][0] == backend
+        assert set(call["references"]) >= {backend}  # the worker's reference calls, reused
+        assert call["references"] is trials[0]["references"]
+    for t in _states(study, TrialState.COMPLETE):
+        ratio = Recipe.from_dict(t.user_attrs["recipe"]).ratio
+        assert t.values[2] == pytest.approx(5.1 / (2.0 + ratio))
+        assert t.user_attrs["metrics"]["latency_objective_ms"] == pytest.approx(t.values[2])
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], "auto"), (["--round-to", "16"], [1, 16])])
+def test_round_to_choices_follow_the_machine(
+    fake_compress: dict[str, Any], fast_argv: list[str], tmp_path: Path, flag: list, expected: Any
+) -> None:
+    from compress.simd import default_round_to
+
+    assert main([*fast_argv, "--trials", "1", "--no-report", *flag]) == 0
+    study = _load(tmp_path / "out")
+    if expected == "auto":
+        expected = sorted({1, default_round_to()})
+    assert study.user_attrs["sweep"]["round_to_choices"] == expected
+    for t in study.trials:
+        if "round_to" in t.params:
+            assert t.params["round_to"] in expected

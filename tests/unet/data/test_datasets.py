@@ -151,7 +151,14 @@ def test_slice_dataloader_workers_give_the_same_batches(data):
     assert pickle.loads(pickle.dumps(ds)).data.path == data.path
 
     def batches(workers: int, start: int) -> list[torch.Tensor]:
-        loader = DataLoader(ds, batch_size=4, sampler=DrawSampler(start), num_workers=workers)
+        context = "forkserver" if workers else None  # as unet.train_loop: no fork of this process
+        loader = DataLoader(
+            ds,
+            batch_size=4,
+            sampler=DrawSampler(start),
+            num_workers=workers,
+            multiprocessing_context=context,
+        )
         it = iter(loader)
         return [next(it)[0] for _ in range(3)]
 

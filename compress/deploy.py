@@ -1,0 +1,92 @@
+"""The deployable artifact of a recipe, per runtime: which file, how it runs, where it is timed.
+
+    from compress.deploy import artifact_forward, latency_backends, write_ir
+    write_ir("int8", "fp32.onnx", "out/model.xml", calibration=lambda: samples)   # NNCF int8 IR
+    forward = artifact_forward("openvino", "int8", "out/model.xml", model, threads=2)
+    latency_backends("openvino", "cpu")        # ("ov_cpu", "torch_cpu")
+
+| runtime | artifact | fp32 | fp16 | bf16 | int8 |
+|---|---|---|---|---|---|
+| ``ort`` | ``model.onnx`` | fp32 ONNX | fp16 weights (ORT CPU computes fp32) | the torch checkpoint (ORT's CPU has no bf16 convs) | ORT static QDQ |
+| ``openvino`` | ``model.xml`` + ``.bin`` | f32 hint | fp16 weights, f32 hint | fp32 IR, bf16 hint | NNCF PTQ IR, f32 hint |
+| ``torch`` | ``checkpoint.pt`` | fp32 module | fp16 module | bf16 module | refused |
+
+The ``ort`` row is what `compress.pipeline` always did; the others follow `compress.openvino`
+and `compress.cast`. Latency is timed on the artifact's own runtime (``ort_cpu``, ``ov_cpu``,
+``torch_cuda`` on a GPU...) and on eager PyTorch on the CPU for reference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from compress import openvino
+from unet.inference import Forward
+
+ARTIFACTS = {"ort": "model.onnx", "openvino": "model.xml", "torch": "checkpoint.pt"}
+RUNTIME_BACKENDS = {"ort": "ort_cpu", "openvino": "ov_cpu", "torch": "torch_cpu"}
+
+
+def artifact_name(runtime: str, precision: str) -> str:
+    """The file name of the deployable artifact (``ort`` + ``bf16`` deploys the checkpoint)."""
+    if runtime == "ort" and precision == "bf16":
+        return ARTIFACTS["torch"]
+    return ARTIFACTS[runtime]
+
+
+def artifact_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The file(s) that make up an artifact: an IR is its ``.xml`` and its ``.bin``."""
+    p = Path(path)
+    return list(openvino.ir_files(p)) if p.suffix == ".xml" else [p]
+
+
+def latency_backends(runtime: str, device: str = "cpu") -> tuple[str, ...]:
+    """Where a runtime's artifact is timed: its CPU backend, eager torch on the CPU, and the
+    CUDA backends when ``device`` is a CUDA device (``ort_cuda`` only when asked for)."""
+    backends = (RUNTIME_BACKENDS[runtime],) + (("torch_cpu",) if runtime != "torch" else ())
+    return backends + (("torch_cuda",) if device.startswith("cuda") else ())
+
+
+def write_ir(
+    precision: str,
+    fp32_onnx: str | os.PathLike[str],
+    xml: str | os.PathLike[str],
+    calibration: Callable[[], np.ndarray],
+) -> Path:
+    """The OpenVINO IR of ``precision`` at ``xml``: NNCF int8 calibrated on ``calibration()``
+    (training-split inputs, drawn only for int8), else converted from ``fp32_onnx``."""
+    if precision == "int8":
+        return openvino.quantize_nncf(fp32_onnx, xml, calibration())
+    return openvino.onnx_to_ir(fp32_onnx, xml, precision)
+
+
+def artifact_forward(
+    runtime: str,
+    precision: str,
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> Forward:
+    """A `unet.inference.Forward` running a recipe's artifact as it is deployed.
+
+    ``model`` is the (pruned, fine-tuned) module in its deployed dtype, used by the torch
+    artifacts (``torch`` runtime; ``ort`` + ``bf16``); ``path`` the artifact file.
+    """
+    from compress.cast import cast_forward
+
+    name = Path(path).name
+    if name.endswith(".xml"):
+        return openvino.ov_forward(openvino.compile_ir(path, precision, threads=threads))
+    if name.endswith(".onnx"):
+        from compress.export import ort_forward, ort_session
+
+        provider = "cuda" if device.startswith("cuda") else "cpu"
+        return ort_forward(ort_session(path, threads, provider))
+    return cast_forward(model.to(device))

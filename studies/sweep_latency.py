@@ -1,0 +1,91 @@
+"""The latency target of a sweep: its backend, its runtime's precisions, the paired objective.
+
+    python -m studies.prune_sweep --latency-backend ov_cpu     # OpenVINO IR trials (NNCF int8)
+    python -m studies.prune_sweep --latency-backend ort_cpu --round-to 16
+
+* ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (`compress.runners`);
+  default: the fastest CPU runtime installed (``ov_cpu`` when openvino imports, else
+  ``ort_cpu``). Each trial's artifact is built for the backend's runtime, so the objective is
+  the deployed latency. A backend that cannot run here stops the command with one ``error:``
+  line before any work. The CUDA backends are wired and their error paths tested, but this
+  project's machines have no GPU: they were not run on one.
+* ``--round-to`` ``auto`` (default): this CPU's SIMD width (`compress.simd.default_round_to`);
+  the search picks between unrounded widths and that multiple.
+* The objective (`objective_values`): the baseline's median on the backend, measured once when
+  the study is prepared, divided by the trial's paired speed-up against the baseline's call
+  that the worker keeps open (`worker_references`, `compress.timing.paired_latency`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from studies.pareto import latency_objective_ms
+
+# the precisions searched per deployment runtime (`compress.deploy`): OpenVINO runs bf16 itself
+# (a precision of its own, on CPUs with bf16 units); PyTorch has no int8 path here
+RUNTIME_PRECISIONS = {
+    "ort": ("fp32", "fp16", "int8"),  # ORT's CPU provider has no bf16 convolutions
+    "openvino": ("fp32", "fp16", "bf16", "int8"),
+    "torch": ("fp32", "fp16", "bf16"),
+}
+
+
+def objective_values(
+    metrics: dict[str, Any], backend: str = "ort_cpu", reference_ms: float | None = None
+) -> tuple[float, float, float]:
+    """(val mean Dice, deployable size in bytes, latency in ms on ``backend``) of an M dict.
+
+    The latency is the baseline's median ``reference_ms`` (measured once per study) divided by
+    the trial's paired speed-up on that backend (`studies.pareto.latency_objective_ms`).
+    """
+    return (
+        float(metrics["val_dice"]["mean"]),
+        float(metrics["size_bytes"]),
+        latency_objective_ms(metrics, backend, reference_ms),
+    )
+
+
+def worker_references(
+    baseline: str, data: str, backends: Sequence[str], threads: int
+) -> dict[str, Callable[[], object]]:
+    """The ``baseline`` checkpoint's fp32 timed calls on ``backends``, at the sweep's input size
+    on ``data``: opened once per worker and kept for the whole study
+    (`compress.runners.reference_calls`)."""
+    from compress.pipeline import measure_spatial
+    from compress.runners import reference_calls
+    from unet.checkpoint import load_checkpoint
+    from unet.data.canonical import CanonicalDataset
+
+    model, meta = load_checkpoint(baseline)
+    spatial = measure_spatial(model, CanonicalDataset(data), meta)
+    shape = (1, model.config.in_channels, *spatial)
+    return reference_calls(model, shape, backends, threads=threads)
+
+
+def resolve_latency_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--latency-backend`` (default: the fastest CPU runtime installed; one ``error:`` line
+    when it cannot run here) and ``--round-to`` (``auto``: `compress.simd.default_round_to`)."""
+    from compress import openvino
+    from compress.runners import fastest_cpu_backend, unavailable_reason
+    from compress.simd import default_round_to
+
+    if args.latency_backend is None:
+        args.latency_backend = fastest_cpu_backend()
+    backend = args.latency_backend
+    # ov_cpu trials may be int8: NNCF is needed as well as openvino
+    reason = openvino.unavailable_reason(int8=True) if backend == "ov_cpu" else None
+    reason = reason or unavailable_reason(backend)
+    if reason:
+        parser.error(f"--latency-backend {backend}: {reason}")
+    if args.round_to == "auto":
+        args.round_to = default_round_to()
+    else:
+        try:
+            args.round_to = int(args.round_to)
+        except ValueError:
+            parser.error(f"--round-to must be an integer >= 1 or 'auto', got {args.round_to!r}")
+        if args.round_to < 1:
+            parser.error(f"--round-to must be an integer >= 1 or 'auto', got {args.round_to}")

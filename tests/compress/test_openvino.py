@@ -1,0 +1,115 @@
+"""OpenVINO runtime: IR parity with PyTorch, explicit precision, NNCF int8, atomic IR writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress import openvino as cov
+from compress.export import export_onnx
+from compress.measure import file_sizes
+from unet import zoo
+
+needs_ov = pytest.mark.skipif(
+    cov.unavailable_reason(int8=True) is not None,
+    reason=f"OpenVINO/NNCF: {cov.unavailable_reason(int8=True)}",
+)
+
+
+# OpenVINO's runtime and PyTorch training crashed together in one test process (exit 139):
+# these tests run in a process of their own (`make test`).
+pytestmark = pytest.mark.openvino
+
+
+def _inputs(n: int, spatial: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 4, *spatial)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("precision", "threads", "expected"),
+    [
+        ("fp32", 2, {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "2"}),
+        ("bf16", 1, {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": "1"}),
+        ("int8", None, {"INFERENCE_PRECISION_HINT": "f32"}),
+        ("fp16", 4, {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "4"}),
+    ],
+)
+def test_compile_config_is_explicit(precision: str, threads: int | None, expected: dict) -> None:
+    config = cov.compile_config(precision, threads)
+    assert config == {**expected, "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+
+
+@pytest.mark.parametrize(("precision", "threads"), [("int4", 2), ("fp32", 0)])
+def test_compile_config_refuses(precision: str, threads: int) -> None:
+    with pytest.raises(ValueError, match="precision|threads"):
+        cov.compile_config(precision, threads)
+
+
+@needs_ov
+@pytest.mark.parametrize(
+    ("name", "spatial", "other"),
+    [("unet2d-tiny", (32, 32), (2, 4, 16, 48)), ("unet3d-tiny", (16, 16, 16), (1, 4, 8, 16, 24))],
+)
+def test_fp32_ir_matches_pytorch(tmp_path: Path, name: str, spatial: tuple, other: tuple) -> None:
+    torch.manual_seed(0)
+    model = zoo.create(name).eval()
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    xml = cov.onnx_to_ir(onnx_path, tmp_path / "m.xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.onnx", "m.xml"]
+    compiled = cov.compile_ir(xml, "fp32", threads=2)
+    assert cov.effective_precision(compiled) == "f32"
+    forward = cov.ov_forward(compiled)
+    for x in (_inputs(1, spatial), np.random.default_rng(1).standard_normal(other).astype("f4")):
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        actual = forward(x)
+        assert actual.shape == expected.shape  # dynamic batch and spatial axes kept
+        assert np.abs(actual - expected).max() <= 1e-4
+
+
+@needs_ov
+def test_fp16_ir_halves_the_weights(tmp_path: Path) -> None:
+    model = zoo.create("unet2d-small").eval()
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    fp32 = file_sizes(cov.ir_files(cov.onnx_to_ir(onnx_path, tmp_path / "a.xml")))[0]
+    fp16 = file_sizes(cov.ir_files(cov.onnx_to_ir(onnx_path, tmp_path / "b.xml", "fp16")))[0]
+    assert 0.45 < fp16 / fp32 < 0.6
+
+
+@needs_ov
+@pytest.mark.parametrize(
+    ("name", "spatial"), [("unet2d-tiny", (32, 32)), ("unet3d-tiny", (16, 16, 16))]
+)
+def test_nncf_int8_stays_close(tmp_path: Path, name: str, spatial: tuple) -> None:
+    torch.manual_seed(0)
+    onnx_path = export_onnx(zoo.create(name).eval(), tmp_path / "m.onnx")
+    fp32 = cov.ov_forward(cov.compile_ir(cov.onnx_to_ir(onnx_path, tmp_path / "f.xml")))
+    xml = cov.quantize_nncf(onnx_path, tmp_path / "q.xml", _inputs(6, spatial))
+    text = xml.read_text(encoding="utf-8")
+    assert "FakeQuantize" in text or "FakeConvert" in text  # really quantized
+    int8 = cov.ov_forward(cov.compile_ir(xml, "int8", threads=2))
+    x = _inputs(2, spatial, seed=5)
+    a, b = fp32(x), int8(x)
+    # the tolerance test_quantize.py uses for ORT int8 of a random model
+    assert np.abs(b - a).mean() < 0.1 * np.abs(a).mean()
+
+
+@needs_ov
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda d: cov.onnx_to_ir(d / "missing.onnx", d / "m.xml"), FileNotFoundError),
+        (lambda d: cov.onnx_to_ir(d / "m.onnx", d / "m.ir"), ValueError),
+        (lambda d: cov.onnx_to_ir(d / "m.onnx", d / "m.xml", "int8"), ValueError),
+        (lambda d: cov.quantize_nncf(d / "m.onnx", d / "m.xml", np.zeros((4, 4))), ValueError),
+        (lambda d: cov.compile_ir(d / "m.onnx.bad", "fp32"), FileNotFoundError),
+    ],
+)
+def test_bad_input_writes_nothing(tmp_path: Path, make, error: type) -> None:
+    export_onnx(zoo.create("unet2d-tiny").eval(), tmp_path / "m.onnx")
+    with pytest.raises(error):
+        make(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
