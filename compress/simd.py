@@ -24,11 +24,12 @@ Flags are read from ``/proc/cpuinfo`` (Linux); elsewhere the set is empty and th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from pathlib import Path
 
-CPUINFO = Path("/proc/cpuinfo")
+from unet.amp import cpu_flags
+
+__all__ = ["RULES", "cpu_flags", "default_round_to"]
+
 # (precision it applies to or None for all, flags any of which match, round_to)
 RULES: tuple[tuple[str | None, frozenset[str], int], ...] = (
     ("int8", frozenset({"avx512_vnni", "amx_int8"}), 16),
@@ -37,20 +38,6 @@ RULES: tuple[tuple[str | None, frozenset[str], int], ...] = (
     (None, frozenset({"avx2", "avx"}), 8),
     (None, frozenset({"asimd", "neon", "sse2"}), 4),
 )
-
-
-def cpu_flags(cpuinfo: str | os.PathLike[str] = CPUINFO) -> frozenset[str]:
-    """The CPU feature flags of the first processor in ``cpuinfo`` (x86 ``flags``, Arm
-    ``Features``); an empty set when the file is missing or has no such line."""
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("flags", "features"):
-            return frozenset(value.split())
-    return frozenset()
 
 
 def default_round_to(flags: Iterable[str] | None = None, precision: str = "fp32") -> int:

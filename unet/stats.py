@@ -112,6 +112,15 @@ def bootstrap_ci(
     if np.ptp(deltas) == 0.0:
         d = float(deltas[0])
         return d, d
+    lo, hi = _bootstrap(deltas, "BCa", resamples, confidence, seed)
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa can fail on very skewed tiny samples
+        lo, hi = _bootstrap(deltas, "percentile", resamples, confidence, seed)
+    return lo, hi
+
+
+def _bootstrap(
+    deltas: np.ndarray, method: str, resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         res = stats.bootstrap(
@@ -119,23 +128,10 @@ def bootstrap_ci(
             np.mean,
             n_resamples=resamples,
             confidence_level=confidence,
-            method="BCa",
+            method=method,
             random_state=np.random.default_rng(seed),
         )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa can fail on very skewed tiny samples
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-            res = stats.bootstrap(
-                (deltas,),
-                np.mean,
-                n_resamples=resamples,
-                confidence_level=confidence,
-                method="percentile",
-                random_state=np.random.default_rng(seed),
-            )
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return lo, hi
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def _by_subject(per_subject: Sequence[Mapping[str, Any]], side: str) -> dict[str, Mapping]:
