@@ -192,11 +192,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     validate = _Validator(cfg, data, paths, state)
     validate.amp = {"requested": cfg.amp, "used": loop.amp, "reason": loop.amp_reason}
     log = JsonlLog(paths["log"], keep_until_step=start_step if payload is not None else None)
-    if cfg.progress or payload is None:
-        print(
-            f"amp {cfg.amp} -> {loop.amp} ({loop.amp_reason}); " + stopping_rule(cfg)["rule"],
-            file=sys.stderr,
-        )
+    print(
+        f"amp {cfg.amp} -> {loop.amp} ({loop.amp_reason}); {stopping_rule(cfg)['rule']}",
+        file=sys.stderr,
+    )
     if payload is None:
         log.append({"kind": "setup", "step": 0, "amp": validate.amp, **stopping_rule(cfg)})
 
