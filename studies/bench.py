@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     _recovery_parser(sub)
     e = sub.add_parser(
         "ceiling",
-        help="GFLOP/s of one large 3x3 conv per runtime/precision; zoo models as % of it",
+        help="GFLOP/s of one large 3x3 conv per runtime/precision; zoo models as %% of it",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     e.add_argument("--runtimes", default="ort,openvino", help="comma-separated: ort, openvino")

@@ -45,7 +45,7 @@ NAMES = {
     "d": "regularised",
     "e": "all three",
 }
-# the sweep's reference (studies.prune_sweep.BASELINE_RECIPE): dense fp32, per-region thresholds
+# the sweep's reference (studies.sweep_spec.BASELINE_RECIPE): dense fp32, per-region thresholds
 REFERENCE = Recipe(threshold="per-region")
 
 

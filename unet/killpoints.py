@@ -16,7 +16,7 @@ kills there cannot flake. The points (see `POINTS`):
   and renamed (`compress.export.export_onnx`);
 * ``report.write``: between ``report.md`` and ``pareto.csv`` (`studies.report.write_report`);
 * ``sweep.trial``: each sweep trial after its recipe is recorded, before the compressor runs
-  (`studies.prune_sweep.run_trial`).
+  (`studies.sweep_worker.run_trial`).
 
 Spec: ``NAME`` or ``NAME:N`` (die on the N-th hit in this process; default 1). Worker processes
 inherit the variable, so each of them dies at its own N-th hit.

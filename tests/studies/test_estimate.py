@@ -8,7 +8,8 @@ from pathlib import Path
 import optuna
 
 from studies import defaults
-from studies.prune_sweep import SweepSpec, time_estimate
+from studies.sweep_setup import time_estimate
+from studies.sweep_spec import SweepSpec
 from unet import zoo
 from unet.checkpoint import save_checkpoint
 

@@ -17,14 +17,14 @@ import torch
 from optuna.trial import TrialState
 
 from compress.recipe import Recipe
-from studies.prune_sweep import (
+from studies.prune_sweep import main
+from studies.search_space import (
     DISTILL_WEIGHTS,
     FINETUNE_STEPS,
     PRUNE_ROUNDS,
     REGULARIZE_STRENGTHS,
     STRUCTURED_RATIOS,
     UNSTRUCTURED_RATIOS,
-    main,
     suggest_recipe,
     unstructured_limit,
 )

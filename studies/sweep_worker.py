@@ -1,0 +1,252 @@
+"""The sweep's workers: one trial (compress, measure, constrain) and the loop around it.
+
+    from studies.sweep_worker import run_workers
+    run_workers(spec, workers=2)      # until the study holds spec.trials COMPLETE trials
+
+Constraint: ``trial.set_constraint("dice_drop", bound - --max-dice-drop)`` where ``bound`` is the
+worst plausible val mean-Dice loss: minus the lower end of the paired 95% bootstrap CI of (trial
+- baseline) over the val subjects (`unet.stats.paired_comparison`, stored on the trial as
+``paired_val``). A trial whose loss may exceed ``--max-dice-drop`` (default 0.05) stays in the
+study but is infeasible: it is kept out of the Pareto set (a broken model is otherwise "optimal"
+for size) and TPE treats it as a bad region. Non-inferiority at the 1-point margin is judged
+later, on the test split, by the report.
+
+Workers: ``--workers N`` starts N processes that run the same loop on the same storage; they
+meet only in the storage. They stop when the study holds exactly ``--trials`` COMPLETE trials:
+a worker starts a trial only while the complete and running ones leave room, and a trial that
+lost the race for the last slot ends PRUNED before any work (`studies.trial_budget`).
+Re-running the same command resumes: finished trials count toward ``--trials``; trials left
+RUNNING by a killed worker are failed and queued once more (`studies.storage`; a worker
+waiting for the last slots fails them too). A trial that raises is recorded FAILED with its
+error in the user attribute ``error`` and the study goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from studies.pareto import CONSTRAINT
+from studies.search_space import PRECISIONS, ROUND_TO, make_sampler, suggest_recipe
+from studies.storage import WORKER_ATTR, fail_dead_trials, open_storage, worker_identity
+from studies.sweep_latency import objective_values, worker_references
+from studies.sweep_spec import SweepSpec
+from studies.trial_budget import SURPLUS_ATTR, claim_slot, wait_for_slot
+from unet.killpoints import killpoint
+
+
+def run_trial(
+    trial: optuna.Trial, spec: SweepSpec, references: dict[str, Any] | None = None
+) -> tuple[float, float, float]:
+    """The objective: compress the baseline with a sampled recipe, measure it on val.
+
+    ``references``: the baseline's timed calls (`worker_references`); built per trial if None.
+    """
+    from compress.pipeline import compress_checkpoint
+
+    trial.set_user_attr(WORKER_ATTR, worker_identity())
+    fail_dead_trials(trial.study)
+    claim_slot(trial, spec.trials)
+    info = trial.study.user_attrs
+    sweep = info["sweep"]
+    recipe = suggest_recipe(
+        trial,
+        int(sweep["levels"]),
+        spec.finetune_steps,
+        float(sweep["unstructured_max"]),
+        round_to_choices=sweep.get("round_to_choices", ROUND_TO),
+        precisions=sweep.get("precisions", PRECISIONS),
+    )
+    recipe = replace(recipe, runtime=spec.runtime)
+    trial_dir = Path(spec.study_dir) / "trials" / str(trial.number)
+    trial.set_user_attr("recipe", recipe.to_dict())
+    trial.set_user_attr("label", recipe.label)
+    trial.set_user_attr("trial_dir", str(trial_dir))
+    killpoint("sweep.trial")
+    try:
+        result = compress_checkpoint(
+            spec.baseline,
+            spec.data,
+            recipe,
+            trial_dir,
+            threads=spec.threads,
+            latency_runs=spec.latency_runs,
+            device=spec.device,
+            baseline_metrics=info["baseline_metrics"],
+            seed=spec.seed,
+            cache_dir=Path(spec.study_dir) / "cache",  # regularised baselines, once per study
+            backends=spec.backends,
+            references=references,
+        )
+    except Exception as exc:
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        raise
+    metrics = result["compressed"]
+    backend = spec.latency_backend
+    reference_ms = info["baseline_metrics"]["latency_ms"][backend]["median"]
+    values = objective_values(metrics, backend, reference_ms)
+    metrics["latency_objective_ms"] = values[2]
+    trial.set_user_attr("metrics", metrics)  # the threshold curve stays in the folder
+    trial.set_user_attr("artifact", result.get("artifact", "model.onnx"))
+    trial.set_constraint(CONSTRAINT, constraint_value(trial, result, info, spec.max_dice_drop))
+    return values
+
+
+def constraint_value(
+    trial: optuna.Trial, result: dict[str, Any], info: dict[str, Any], max_dice_drop: float
+) -> float:
+    """The ``dice_drop`` constraint (feasible when <= 0): the worst plausible val mean-Dice loss,
+    i.e. minus the lower bound of the paired 95% CI of (trial - baseline) over the val subjects,
+    minus ``max_dice_drop``. Stores ``dice_drop`` (point loss), ``dice_drop_bound`` and
+    ``paired_val`` (the whole comparison) on the trial."""
+    metrics = result["compressed"]
+    drop = float(info["baseline_metrics"]["val_dice"]["mean"]) - float(metrics["val_dice"]["mean"])
+    paired = result.get("paired_val")
+    bound = -float(paired["ci95"]["mean"][0]) if paired else drop
+    trial.set_user_attr("dice_drop", drop)
+    trial.set_user_attr("dice_drop_bound", bound)
+    trial.set_user_attr("paired_val", paired)
+    return bound - max_dice_drop
+
+
+def trial_summary(trial: FrozenTrial) -> str:
+    """One line per finished trial: recipe, size, latency, Dice (or the error)."""
+    label = trial.user_attrs.get("label", "?")
+    if trial.state != TrialState.COMPLETE:
+        error = trial.user_attrs.get("error") or trial.system_attrs.get("fail_reason", "")
+        error = (str(error).strip().splitlines() or [""])[0][:200]
+        return f"trial {trial.number:>3} {trial.state.name}  {label}  {error}".rstrip()
+    dice, size, latency = trial.values
+    mark = "" if all(v <= 0 for v in trial.constraints.values()) else "  (infeasible)"
+    speedups = {
+        k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k.startswith("speedup_")
+    }
+    paired = " ".join(f"{k.removeprefix('speedup_')} {v:.2f}x" for k, v in speedups.items())
+    return (
+        f"trial {trial.number:>3}  {label:<44} size {size / 1e6:7.3f} MB  "
+        f"{latency:7.2f} ms  val Dice {dice:.4f}{'  ' + paired if paired else ''}{mark}"
+    )
+
+
+def count_trials(study: optuna.Study, state: TrialState = TrialState.COMPLETE) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+class _StopOnFailures:
+    """Stop this worker after ``limit`` failed trials of its own (a recipe bug, not bad luck)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failed = 0
+        self.stopped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            self.failed += 1
+            if self.failed >= self.limit:
+                print(f"stopping this worker after {self.failed} failed trials", file=sys.stderr)
+                self.stopped = True
+
+
+class _Report:
+    """Print the one-line summary of each finished trial; advance the progress bar."""
+
+    def __init__(self, bar: tqdm | None) -> None:
+        self.bar = bar
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(SURPLUS_ATTR):
+            return
+        line = trial_summary(trial)
+        if self.bar is None:
+            print(line, flush=True)
+            return
+        self.bar.write(line)
+        self.bar.n = min(count_trials(study), self.bar.total)
+        self.bar.refresh()
+
+
+def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
+    """One worker's loop until the study holds exactly ``spec.trials`` COMPLETE trials (one
+    trial per ``study.optimize`` call, each only while the budget has room:
+    `studies.trial_budget`), ``spec.timeout_s`` has passed, or too many of its trials failed.
+
+    Returns the number of trials this worker ran.
+    """
+    torch.set_num_threads(spec.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(
+        study_name=spec.study_name,
+        storage=open_storage(spec.storage),
+        sampler=make_sampler(spec.seed + index),
+    )
+    failures = _StopOnFailures(max(3, spec.trials))
+    deadline = None if spec.timeout_s is None else time.monotonic() + spec.timeout_s
+    before = len(study.get_trials(deepcopy=False))
+    # the baseline's sessions on the sweep's backends, kept open for the whole study
+    references = worker_references(spec.baseline, spec.data, spec.backends, spec.threads)
+    while not failures.stopped and wait_for_slot(study, spec.trials, deadline):
+        study.optimize(
+            lambda trial: run_trial(trial, spec, references),
+            n_trials=1,
+            callbacks=[failures, _Report(bar)],
+            catch=(Exception,),
+            gc_after_trial=True,
+            show_progress_bar=False,
+        )
+    return len(study.get_trials(deepcopy=False)) - before
+
+
+def _quiet() -> None:
+    """Silence warnings that are expected in a sweep (experimental Optuna options; fp16
+    checkpoints, whose latency `compress.apply` does not time on the CPU)."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings(
+        "ignore", message="cast_module: fp16 on the CPU", category=RuntimeWarning
+    )
+
+
+def _worker_process(spec: SweepSpec, index: int) -> None:
+    _quiet()
+    run_worker(spec, index)
+
+
+def run_workers(spec: SweepSpec, workers: int) -> None:
+    """Run ``workers`` optimize loops (in this process for 1) with one progress bar."""
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec.storage))
+    done = count_trials(study)
+    if done >= spec.trials:
+        print(f"study {spec.study_name!r} already has {done} complete trials", file=sys.stderr)
+        return
+    with tqdm(total=spec.trials, initial=done, desc="trials", unit="trial", disable=None) as bar:
+        if workers == 1:
+            with warnings.catch_warnings():
+                _quiet()
+                run_worker(spec, 0, bar)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_worker_process, args=(spec, i)) for i in range(workers)]
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
+            time.sleep(1.0)
+            bar.n = min(count_trials(study), spec.trials)
+            bar.refresh()
+        for p in procs:
+            p.join()
+        bar.n = min(count_trials(study), spec.trials)
+        bar.refresh()
+    bad = [i for i, p in enumerate(procs) if p.exitcode != 0]
+    if bad:
+        codes = ", ".join(f"worker {i}: exit {procs[i].exitcode}" for i in bad)
+        print(f"warning: {codes}; rerun the command to finish the study", file=sys.stderr)
