@@ -203,6 +203,7 @@ def compress_checkpoint(
     cache_dir: str | Path | None = None,
     backends: Sequence[str] | None = None,
     references: Mapping[str, Callable[[], object]] | None = None,
+    prepared: UNet | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the ``baseline`` checkpoint; write artifacts into ``out_dir``; return metrics.
 
@@ -214,6 +215,9 @@ def compress_checkpoint(
     ``references`` (`compress.runners.reference_calls`; the sweep keeps them open for the whole
     study); without ``references`` they are built here from the baseline. The compressed M
     gains ``paired`` and ``speedup_<backend>`` (the paired ratio baseline / compressed).
+    ``prepared``: a model already pruned and fine-tuned elsewhere (e.g. by another pruner, for
+    `studies.bench_peers`), deployed instead of running the recipe's prune + fine-tune stage;
+    the recipe's precision, runtime and threshold still apply.
     Only the training split (fine-tune, int8 calibration) and validation split (threshold,
     ``val_dice``) are read.
     """
@@ -234,9 +238,12 @@ def compress_checkpoint(
         )
 
     # prune + fine-tune with the recipe's recovery methods (regularise, gradual, distil)
-    model = recover(
-        baseline, data, recipe, cache_dir=cache_dir, seed=seed, device=device, progress=progress
-    )
+    if prepared is not None:
+        model = prepared.cpu().eval()
+    else:
+        model = recover(
+            baseline, data, recipe, cache_dir=cache_dir, seed=seed, device=device, progress=progress
+        )
     cfg = model.config
 
     onnx_path = out / "model.onnx" if recipe.runtime == "ort" else None

@@ -225,6 +225,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 record = validate(loop)
                 log.append(record)
                 postfix["val_dice"] = f"{record['dice']['mean']:.4f}"
+                if bar.disable and cfg.progress:  # a log file gets one line per validation
+                    print(_val_line(cfg, record, postfix["loss"]), file=sys.stderr, flush=True)
                 t_log += record["val_s"]  # keep validation time out of samples/s
             bar.set_postfix(postfix, refresh=False)
     loop.close()
@@ -243,6 +245,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "amp": validate.amp,
         "train_time_s": validate.elapsed_s,
     }
+
+
+def _val_line(cfg: TrainConfig, record: dict[str, Any], loss: str) -> str:
+    """The line a validation prints when there is no progress bar (output not a terminal)."""
+    dice = record["dice"]
+    regions = " ".join(f"{r} {dice[r]:.4f}" for r in ("WT", "TC", "ET"))
+    best = ", best so far" if record.get("best") else ""
+    return (
+        f"{cfg.model} step {record['step']}/{cfg.steps}: loss {loss}, val mean Dice "
+        f"{dice['mean']:.4f} ({regions}){best}, {record['val_s']:.0f} s"
+    )
 
 
 # ------------------------------------------------------------------ CLI

@@ -257,6 +257,25 @@ def test_train_writes_checkpoints_and_log(blobs, tmp_path):
     assert again == pytest.approx(best["dice"]["mean"], abs=1e-6)
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_output_not_a_terminal_gets_one_line_per_validation(blobs, tmp_path, capsys, progress):
+    train(tiny_config(blobs, tmp_path / "run.pt", progress=progress))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "val mean Dice" in ln]
+    assert "\r" not in err  # no progress bar when stderr is captured (not a terminal)
+    if not progress:
+        assert lines == []
+        return
+    records = [
+        json.loads(ln) for ln in run_paths(tmp_path / "run.pt")["log"].read_text().splitlines()
+    ]
+    vals = [r for r in records if r["kind"] == "val"]
+    assert [ln.split(":")[0] for ln in lines] == [f"unet2d-tiny step {s}/12" for s in (5, 10, 12)]
+    for line, val in zip(lines, vals, strict=True):
+        assert f"val mean Dice {val['dice']['mean']:.4f}" in line
+        assert ("best so far" in line) == val["best"]
+
+
 def test_existing_run_needs_resume_and_same_options(blobs, tmp_path):
     cfg = tiny_config(blobs, tmp_path / "run.pt", steps=4, val_every=2)
     train(cfg)
