@@ -4,13 +4,16 @@
     python -m studies.bench compress --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
     python -m studies.bench recovery --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
     python -m studies.bench ceiling                                          # see studies.ceiling
+    python -m studies.bench peers --checkpoint BASELINE.pt --data DATA.h5 --recipe recipe.json
 
 ``train`` times the same training loop with ``--amp off`` and ``--amp bf16`` in one process,
 alternating, and reports samples/s and their ratio. ``compress`` runs the reference recipes on
 one baseline — (a) structured 0.5 + fine-tune, (b) the same + int8, (c) unstructured 0.9 +
 fine-tune — and prints size, compressed size, ORT and torch latency and val Dice per region
 beside the baseline. ``recovery`` compares the recovery methods after structured pruning on
-the test split with paired CIs (`studies.bench_recovery`). All write JSON next to the printed
+the test split with paired CIs (`studies.bench_recovery`); ``peers`` sets a recipe beside ORT's
+default int8, NNCF int8 on OpenVINO and Torch-Pruning's stock pruner (`studies.bench_peers`).
+All write JSON next to the printed
 table (``--out``). Ratios from one run are what to compare; absolute numbers move with the
 machine's load.
 """
@@ -29,6 +32,7 @@ import torch
 from compress.apply import ratios
 from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
+from studies.bench_peers import ROWS
 from studies.bench_recovery import (
     METHODS,
     RecoverySettings,
@@ -182,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--runs", type=int, default=20, help="timed runs per measurement (>= 20)")
     e.add_argument("--out", default="runs/bench/ceiling.json")
+    _peers_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "peers":
+        return _peers_main(parser, args)
     if args.command == "recovery":
         return _recovery_main(parser, args)
     if args.command == "ceiling":
@@ -279,6 +286,54 @@ def _recovery_main(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     table = recovery_table(result)
     write_text_atomic(out / "recovery.json", json.dumps(result, indent=2))
     write_text_atomic(out / "recovery.md", table + "\n")
+    print(table)
+    return 0
+
+
+def _peers_parser(sub: Any) -> None:
+    r = sub.add_parser(
+        "peers",
+        help="a recipe vs ORT default int8, NNCF int8 on OpenVINO, Torch-Pruning's stock pruner",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
+    r.add_argument("--data", required=True, help="canonical HDF5 data file")
+    r.add_argument("--recipe", required=True, help="recipe.json of the project's row")
+    r.add_argument(
+        "--peers", default=",".join(ROWS[1:]), help=f"comma-separated, from {','.join(ROWS[1:])}"
+    )
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--latency-runs", type=int, default=50, help="paired rounds per row")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="runs/bench/peers")
+
+
+def _peers_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from compress.measure import MIN_RUNS
+    from studies.bench_peers import peers_table, run_peers
+
+    peers = [r.strip() for r in args.peers.split(",") if r.strip()]
+    if not peers or (bad := sorted(set(peers) - set(ROWS[1:]))):
+        parser.error(f"--peers: unknown row(s) {bad if peers else peers}; choose from {ROWS[1:]}")
+    if args.latency_runs < MIN_RUNS:
+        parser.error(f"--latency-runs must be >= {MIN_RUNS}, got {args.latency_runs}")
+    try:
+        recipe = Recipe.from_json(args.recipe)
+    except ValueError as exc:
+        parser.error(f"--recipe {exc}")
+    try:
+        load_checkpoint(args.checkpoint)
+        CanonicalDataset(args.data)
+    except (ValueError, CheckpointError, DataError) as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
+    result = run_peers(
+        args.checkpoint, args.data, recipe, out,
+        threads=args.threads, latency_runs=args.latency_runs, seed=args.seed, peers=peers,
+    )  # fmt: skip
+    table = peers_table(result)
+    write_text_atomic(out / "peers.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "peers.md", table + "\n")
     print(table)
     return 0
 
