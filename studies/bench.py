@@ -177,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     e.add_argument("--runtimes", default="ort,openvino", help="comma-separated: ort, openvino")
     e.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32, int8")
-    e.add_argument("--models", default="unet2d-medium,unet3d-small", help="zoo models")
+    e.add_argument(
+        "--models",
+        default="unet2d-medium,unet3d-small",
+        help="zoo model specs NAME[:FIELD=VALUE,...], e.g. unet3d-small:upsampling=nearest",
+    )
     e.add_argument("--channels", type=int, default=64, help="ceiling conv channels in and out")
     e.add_argument("--conv-2d", type=int, default=120, help="ceiling conv 2D side (pixels)")
     e.add_argument("--conv-3d", type=int, default=32, help="ceiling conv 3D side (voxels)")
@@ -349,11 +353,17 @@ def _ceiling_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     for flag, values, known in (
         ("--runtimes", runtimes, tuple(RUNTIME_BACKENDS)),
         ("--precisions", precisions, PRECISIONS),
-        ("--models", models, tuple(zoo.names())),
     ):
         bad = [v for v in values if v not in known]
         if bad or not values:
             parser.error(f"{flag}: unknown {bad or 'empty'}; known: {', '.join(known)}")
+    if not models:
+        parser.error(f"--models: empty; known: {', '.join(zoo.names())}")
+    for spec in models:
+        try:
+            zoo.config_from_spec(spec)
+        except ValueError as exc:
+            parser.error(f"--models: {exc}")
     if "openvino" in runtimes and (reason := unavailable_reason(int8="int8" in precisions)):
         parser.error(f"--runtimes openvino: {reason}")
     result = ceiling(

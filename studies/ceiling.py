@@ -2,6 +2,11 @@
 
     python -m studies.bench ceiling                               # 2 threads, ORT and OpenVINO
     python -m studies.bench ceiling --models unet2d-medium,unet3d-small --precisions fp32,int8
+    python -m studies.bench ceiling --runtimes ort --models unet3d-small,unet3d-small:upsampling=nearest
+
+Models are zoo specs (`unet.zoo.parse_spec`): ``unet3d-small:upsampling=nearest`` is the 3D
+model with its transposed convolutions replaced by nearest resize (the decoder's convolution
+then mixes the channels), which ONNX Runtime's int8 path can quantize end to end.
 
 The ceiling is the rate of one large 3x3 convolution (``--channels`` in and out, "same"
 padding) at batch 1: 2D on ``--conv-2d`` pixels square, 3D on ``--conv-3d`` voxels cubed, per
@@ -34,6 +39,7 @@ from compress.quantize import quantize_int8
 from compress.runners import latency_call
 from compress.timing import latency_stats, time_calls
 from unet import zoo
+from unet.models import UNet
 
 RUNTIME_BACKENDS = {"ort": "ort_cpu", "openvino": "ov_cpu"}
 PRECISIONS = ("fp32", "int8")
@@ -101,7 +107,7 @@ def ceiling(
     """The ceiling per (runtime, precision, dims) and each model's rate as % of it."""
     torch.manual_seed(0)
     # the ceilings the models need (both without models)
-    dims_needed = sorted({zoo.config(m).spatial_dims for m in models}) or [2, 3]
+    dims_needed = sorted({zoo.config_from_spec(m).spatial_dims for m in models}) or [2, 3]
     make = {2: nn.Conv2d, 3: nn.Conv3d}
     convs = {d: make[d](channels, channels, 3, padding=1) for d in dims_needed}
     conv_spatial = {2: (conv_2d, conv_2d), 3: (conv_3d,) * 3}
@@ -127,7 +133,7 @@ def ceiling(
                      "percent_of_ceiling": 100.0}
                 )  # fmt: skip
             for name in models:
-                model = zoo.create(name)
+                model = UNet(zoo.config_from_spec(name))
                 dims = model.config.spatial_dims
                 spatial = (input_2d,) * 2 if dims == 2 else (input_3d,) * 3
                 r = rate_gflops(

@@ -3,6 +3,11 @@
     >>> from unet import zoo
     >>> zoo.names("unet3d*")                                   # doctest: +SKIP
     >>> model = zoo.create("unet2d-small", norm="instance")    # overrides go into the config
+    >>> zoo.config_from_spec("unet3d-small:upsampling=nearest")  # the same, as one string
+
+A *spec* ``NAME[:FIELD=VALUE,...]`` names a zoo model with overrides of its primitive
+`UNetConfig` fields (``upsampling``, ``norm``, ``norm_groups``, ``kernel_size``, ...); the
+benchmarks take specs wherever they take model names.
 
 ``python -m unet.zoo`` prints a table (name, dims, params, fp32 MB, GMACs at a stated input).
 """
@@ -143,6 +148,52 @@ def entry(name: str) -> ZooEntry:
 def config(name: str, **overrides: Any) -> UNetConfig:
     """The `UNetConfig` of ``name`` with ``overrides`` applied (validated)."""
     return replace(entry(name).build(), **overrides)
+
+
+# the UNetConfig fields a spec may override, and how their values are read
+_SPEC_FIELDS: dict[str, Callable[[str], Any]] = {
+    "upsampling": str,
+    "norm": str,
+    "norm_groups": int,
+    "kernel_size": int,
+    "in_channels": int,
+    "out_channels": int,
+}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"unet3d-small:upsampling=nearest"`` -> ``("unet3d-small", {"upsampling": "nearest"})``.
+
+    ``ValueError`` naming the spec for an unknown model, field or unreadable value.
+    """
+    name, _, rest = spec.partition(":")
+    entry(name)
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        field, eq, value = item.partition("=")
+        if not eq or field not in _SPEC_FIELDS:
+            raise ValueError(
+                f"model spec {spec!r}: {item!r} is not FIELD=VALUE with FIELD in "
+                f"{', '.join(_SPEC_FIELDS)}"
+            )
+        try:
+            overrides[field] = _SPEC_FIELDS[field](value)
+        except ValueError:
+            raise ValueError(
+                f"model spec {spec!r}: {field} needs an integer, got {value!r}"
+            ) from None
+    return name, overrides
+
+
+def config_from_spec(spec: str) -> UNetConfig:
+    """The validated `UNetConfig` of a spec (`parse_spec`)."""
+    name, overrides = parse_spec(spec)
+    if overrides.get("upsampling", "transposed") != "transposed":
+        overrides["up_widths"] = ()  # resize upsampling has no transposed-conv widths
+    try:
+        return config(name, **overrides)
+    except ValueError as exc:
+        raise ValueError(f"model spec {spec!r}: {exc}") from None
 
 
 def create(name: str, **overrides: Any) -> UNet:

@@ -171,3 +171,24 @@ def test_ceiling_bad_flags_are_one_error_line(tmp_path, capsys) -> None:  # noqa
     assert exc.value.code == 2
     assert "error: --runtimes: unknown ['tensorrt']" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_ceiling_bad_model_spec_is_one_error_line(tmp_path, capsys) -> None:  # noqa: ANN001
+    import pytest
+
+    from studies.bench import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "ceiling",
+                "--models",
+                "unet3d-small:upsampling=cubic",
+                "--out",
+                str(tmp_path / "c.json"),
+            ]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("usage: ") is False and "error: --models: model spec" in err[-1]
+    assert not (tmp_path / "c.json").exists()

@@ -138,3 +138,34 @@ def test_explicit_widths_build_exact_layers() -> None:
     assert m.decoders[1].convs[0][0].in_channels == 8 + 6
     assert m.decoders[0].convs[0][0].in_channels == 3 + 5
     assert m.head.in_channels == 4
+
+
+def test_spec_overrides_primitive_fields() -> None:
+    assert zoo.parse_spec("unet3d-small") == ("unet3d-small", {})
+    name, overrides = zoo.parse_spec("unet3d-small:upsampling=nearest,norm_groups=4")
+    assert (name, overrides) == ("unet3d-small", {"upsampling": "nearest", "norm_groups": 4})
+    cfg = zoo.config_from_spec("unet3d-small:upsampling=nearest")
+    assert cfg == zoo.config("unet3d-small", upsampling="nearest", up_widths=())
+    # nearest resize instead of transposed convs: no ConvTranspose left, same output shape
+    model = UNet(cfg).eval()
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in model.modules())
+    with torch.no_grad():
+        assert model(torch.randn(1, 4, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("nope:norm=batch", "unknown model 'nope'"),
+        ("unet3d-small:colour=red", "'colour=red' is not FIELD=VALUE"),
+        ("unet3d-small:upsampling", "'upsampling' is not FIELD=VALUE"),
+        ("unet3d-small:norm_groups=x", "norm_groups needs an integer, got 'x'"),
+        (
+            "unet3d-small:upsampling=cubic",
+            "model spec 'unet3d-small:upsampling=cubic': .*upsampling",
+        ),
+    ],
+)
+def test_bad_spec_names_the_spec_and_what_is_wrong(spec: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        zoo.config_from_spec(spec)
