@@ -5,6 +5,7 @@
     python -m studies.bench recovery --checkpoint runs/unet2d-small.pt --data runs/phantom.h5
     python -m studies.bench ceiling                                          # see studies.ceiling
     python -m studies.bench peers --checkpoint BASELINE.pt --data DATA.h5 --recipe recipe.json
+    python -m studies.bench macs                                             # see studies.bench_macs
 
 ``train`` times the same training loop with ``--amp off`` and ``--amp bf16`` in one process,
 alternating, and reports samples/s and their ratio. ``compress`` runs the reference recipes on
@@ -32,6 +33,7 @@ import torch
 from compress.apply import ratios
 from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
+from studies import bench_macs
 from studies.bench_peers import ROWS
 from studies.bench_recovery import (
     METHODS,
@@ -191,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--runs", type=int, default=20, help="timed runs per measurement (>= 20)")
     e.add_argument("--out", default="runs/bench/ceiling.json")
     _peers_parser(sub)
+    bench_macs.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "macs":
+        return bench_macs.command(parser, args)
     if args.command == "peers":
         return _peers_main(parser, args)
     if args.command == "recovery":

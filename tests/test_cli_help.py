@@ -25,7 +25,7 @@ CLIS = (
     "studies.prune_sweep",
     "studies.report",
 )
-SUBCOMMANDS = {"studies.bench": ("train", "compress", "recovery", "ceiling", "peers")}
+SUBCOMMANDS = {"studies.bench": ("train", "compress", "recovery", "ceiling", "peers", "macs")}
 
 
 def _cases() -> list[tuple[str, list[str]]]:

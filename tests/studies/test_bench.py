@@ -192,3 +192,57 @@ def test_ceiling_bad_model_spec_is_one_error_line(tmp_path, capsys) -> None:  # 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("usage: ") is False and "error: --models: model spec" in err[-1]
     assert not (tmp_path / "c.json").exists()
+
+
+def test_macs_bench_tiny_run_rows_and_ratios(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A toy run on ORT: one row per round_to, the MAC reduction is the zoo's MAC count of the
+    dense model over the pruned one, share = speed-up / reduction, quartiles bracket the median."""
+    import json
+
+    import pytest
+    import torch
+
+    from compress.prune_structured import prune_structured
+    from studies.bench import main
+    from unet import zoo
+
+    out = tmp_path / "m.json"
+    argv = ["macs", "--models", "unet2d-tiny", "--round-to", "1,4", "--runtimes", "ort",
+            "--side", "32", "--threads", "1", "--rounds", "20", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["round_to"], r["runtime"]) for r in rows] == [
+        ("unet2d-tiny", 1, "ort"),
+        ("unet2d-tiny", 4, "ort"),
+    ]
+    torch.manual_seed(0)  # the bench's --seed default: the same random weights, the same cut
+    dense = zoo.create("unet2d-tiny")
+    for r in rows:
+        small = prune_structured(dense, 0.5, round_to=r["round_to"])
+        expected = zoo.macs(dense.config, (32, 32)) / zoo.macs(small.config, (32, 32))
+        assert r["mac_reduction"] == pytest.approx(expected)
+        assert r["mac_reduction"] > 1.5
+        assert r["speedup_q25"] <= r["speedup"] <= r["speedup_q75"]
+        assert r["share"] == pytest.approx(r["speedup"] / r["mac_reduction"])
+    assert "| unet2d-tiny | 32x32 | 0.5 | 4 | ort |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--round-to", "x"], "--round-to: integers or 'auto'"),
+        (["--round-to", "0"], "--round-to: values must be >= 1"),
+        (["--ratio", "1.5"], "--ratio must be in (0, 1)"),
+        (["--runtimes", "tensorrt"], "--runtimes: unknown ['tensorrt']"),
+        (["--models", "unet2d-tiny:norm=zz"], "--models: model spec"),
+        (["--rounds", "3"], "--rounds must be >= "),
+    ],
+)
+def test_macs_bench_bad_flags_are_one_error_line(extra, message, tmp_path, capsys) -> None:  # noqa: ANN001
+    from studies.bench import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["macs", "--runtimes", "ort", *extra, "--out", str(tmp_path / "m.json")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "m.json").exists()
