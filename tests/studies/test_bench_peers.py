@@ -124,3 +124,32 @@ def test_peers_bench_on_tiny_data(tiny_baseline: Path, blob_data: Path, tmp_path
     assert [ln.split("|")[1].strip() for ln in table if ln.startswith("| ") and "---" not in ln][
         1:
     ] == ["ours", "ort_int8", "metapruner"]
+
+
+@pytest.mark.openvino
+@pytest.mark.skipif(
+    __import__("compress.openvino").openvino.unavailable_reason(int8=True) is not None,
+    reason="OpenVINO/NNCF not installed",
+)
+def test_peers_nncf_row_is_timed_on_openvino_against_the_ort_reference(
+    untrained_ckpt: Path, blob_data: Path, tmp_path: Path
+) -> None:
+    """No training in this test: it runs in the OpenVINO process (README, known problems)."""
+    from studies.bench_peers import run_peers
+
+    ours = Recipe(precision="int8", threshold="per-region")  # dense int8, nothing to train
+    bench = run_peers(
+        untrained_ckpt, blob_data, ours, tmp_path / "peers", threads=1, latency_runs=20,
+        peers=["nncf_ov_int8", "metapruner"],
+    )  # fmt: skip
+    rows = bench["rows"]
+    assert list(rows) == ["ours", "nncf_ov_int8"]
+    assert bench["notes"] == [
+        f"metapruner: left out, the recipe removes no channels ({ours.label})"
+    ]
+    row = rows["nncf_ov_int8"]
+    assert row["backend"] == "ov_cpu" and rows["ours"]["backend"] == "ort_cpu"
+    assert (tmp_path / "peers" / "nncf_ov_int8" / "model.xml").is_file()
+    assert Recipe.from_dict(row["recipe"]).runtime == "openvino"
+    assert 0 < row["speedup"]["q25"] <= row["speedup"]["median"] <= row["speedup"]["q75"]
+    assert row["val_paired"]["n_subjects"] == bench["val_subjects"]
