@@ -10,12 +10,12 @@ import pytest
 
 from studies.figures import (
     log_axis,
-    overlay_models,
     pareto_front_figure,
     pruning_curves_figure,
     save_figure,
     threshold_curves_figure,
 )
+from studies.figures_overlay import overlay_models
 from studies.pareto import trial_models
 
 
