@@ -48,6 +48,7 @@ from compress.recipe import Recipe
 from compress.runners import latency_call
 from compress.surgery import rebuild
 from compress.timing import paired_latency
+from studies.report_format import delta_ci, table_start
 from unet.checkpoint import load_checkpoint
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.data.datasets import sample_inputs
@@ -239,11 +240,6 @@ def ahead_of_peers(rows: dict[str, Any]) -> dict[str, list[str]]:
     return ahead
 
 
-def _ci(paired: dict[str, Any], key: str) -> str:
-    lo, hi = paired["ci95"][key]
-    return f"{paired['dice_delta'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
 def peers_table(bench: dict[str, Any]) -> str:
     """The markdown table: one row per method, paired speed-up and val Dice deltas."""
     ref = bench["reference"]
@@ -252,23 +248,21 @@ def peers_table(bench: dict[str, Any]) -> str:
         + "".join(f"| d{r} [95% CI] " for r in REGIONS)
         + "| ours ahead on |"
     )
-    lines = [
+    caption = (
         f"Recipe `{bench['recipe_label']}`; reference: the baseline as fp32 ONNX, "
         f"{ref['size_bytes'] / 1e6:.3f} MB, val mean Dice {ref['val_dice']['mean']:.4f}; "
         f"{bench['val_subjects']} val subjects, {bench['threads']} threads, "
-        f"{bench['latency_runs']} paired rounds per row.",
-        "",
-        head,
-        "|" + "---|" * (head.count("|") - 1),
-    ]
+        f"{bench['latency_runs']} paired rounds per row."
+    )
+    lines = table_start(caption, head)
     for key, row in bench["rows"].items():
         s, p = row["speedup"], row["val_paired"]
         ahead = "" if key == "ours" else ", ".join(bench["ahead"][key]) or "none"
         lines.append(
             f"| {key} | {row['name']} | {row['size_bytes'] / 1e6:.3f} | "
             f"{row['compression_factor']:.2f} | {s['median']:.2f} [{s['q25']:.2f}, "
-            f"{s['q75']:.2f}] | {_ci(p, 'mean')} "
-            + "".join(f"| {_ci(p, r)} " for r in REGIONS)
+            f"{s['q75']:.2f}] | {delta_ci(p, 'mean')} "
+            + "".join(f"| {delta_ci(p, r)} " for r in REGIONS)
             + f"| {ahead} |"
         )
     lines += [f"- {n}" for n in bench["notes"]]

@@ -32,6 +32,7 @@ from typing import Any
 from compress.export import ort_forward, ort_session
 from compress.pipeline import compress_checkpoint
 from compress.recipe import Recipe
+from studies.report_format import delta_ci, table_start
 from unet.checkpoint import read_checkpoint
 from unet.config import UNetConfig
 from unet.data.canonical import REGIONS, CanonicalDataset
@@ -170,11 +171,6 @@ def run_recovery(
     }
 
 
-def _ci(paired: dict[str, Any], key: str) -> str:
-    lo, hi = paired["ci95"][key]
-    return f"{paired['dice_delta'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
 def _speedup(s: dict[str, float]) -> str:
     return f"{s['median']:.2f} [{s['q25']:.2f}, {s['q75']:.2f}]"
 
@@ -187,23 +183,21 @@ def recovery_table(bench: dict[str, Any]) -> str:
         + "".join(f"| d{r} [95% CI] " for r in REGIONS)
         + "| non-inferior |"
     )
-    lines = [
+    caption = (
         f"Structured {bench['settings']['ratio']} (round_to {bench['settings']['round_to']}), "
         f"{bench['settings']['finetune_steps']} fine-tune steps per row; reference: "
         f"{ref['size_bytes'] / 1e6:.3f} MB, ORT {ref['latency_ms']['ort_cpu']['median']:.2f} ms, "
         f"val Dice {ref['val_dice']['mean']:.4f}; {bench['test_subjects']} test subjects, "
-        f"{bench['threads']} threads.",
-        "",
-        head,
-        "|" + "---|" * (head.count("|") - 1),
-    ]
+        f"{bench['threads']} threads."
+    )
+    lines = table_start(caption, head)
     for key, row in bench["rows"].items():
         m, p = row["metrics"], row["test_paired"]
         lines.append(
             f"| {key} | {row['method']} | {m['size_bytes'] / 1e6:.3f} | "
             f"{row['compression_factor']:.2f} | {m['latency_ms']['ort_cpu']['median']:.2f} | "
-            f"{_speedup(row['speedup_ort'])} | {m['val_dice']['mean']:.4f} | {_ci(p, 'mean')} "
-            + "".join(f"| {_ci(p, r)} " for r in REGIONS)
+            f"{_speedup(row['speedup_ort'])} | {m['val_dice']['mean']:.4f} | {delta_ci(p, 'mean')} "
+            + "".join(f"| {delta_ci(p, r)} " for r in REGIONS)
             + f"| {'yes' if p['non_inferior'] else 'no'} |"
         )
     return "\n".join(lines)

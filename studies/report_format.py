@@ -54,6 +54,18 @@ COLUMNS = (
 )
 
 
+def delta_ci(paired: dict[str, Any], key: str) -> str:
+    """``+0.012 [-0.003, +0.027]``: a paired comparison's Dice delta and 95% CI for ``key``
+    (a region or ``mean``)."""
+    lo, hi = paired["ci95"][key]
+    return f"{paired['dice_delta'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def table_start(caption: str, head: str) -> list[str]:
+    """The first lines of a benchmark's Markdown table: caption, blank line, head, rule."""
+    return [caption, "", head, "|" + "---|" * (head.count("|") - 1)]
+
+
 def short_name(backend: str) -> str:
     """The column suffix of a latency backend (``ov_cpu`` -> ``ov``)."""
     return {v: k for k, v in SHORT_BACKENDS.items()}.get(backend, backend)
