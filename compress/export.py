@@ -146,12 +146,20 @@ def export_onnx(
 
 
 def ort_session(
-    path: str | os.PathLike[str], threads: int | None = None, provider: str = "cpu"
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    provider: str = "cpu",
+    *,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session on ``provider`` (``cpu`` or ``cuda``).
 
     ``threads`` fixes the intra-op thread count (None: ORT's default, one per physical core);
     inter-op parallelism is off (sequential execution), as for latency measurement.
+    ``spinning=False`` stops the intra-op threads from busy-waiting for work after a run
+    (``session.intra_op.allow_spinning``): timed sessions need it when two of them alternate
+    (`compress.runners.latency_call`), since one session's spinning threads otherwise take the
+    cores from the other's run.
     """
     if provider not in PROVIDERS:
         raise ValueError(
@@ -173,6 +181,8 @@ def ort_session(
         if threads < 1:
             raise ValueError(f"ort_session: threads must be >= 1, got {threads}")
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [name] if provider == "cpu" else [name, PROVIDERS["cpu"]]
     try:
         return ort.InferenceSession(str(path), options, providers=providers)

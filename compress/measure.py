@@ -127,7 +127,7 @@ def ort_latency(
 ) -> Latency:
     """ONNX Runtime latency of ``onnx_path`` at ``input_shape`` with ``threads`` intra-op threads."""
     try:
-        session = ort_session(onnx_path, threads=threads, provider=provider)
+        session = ort_session(onnx_path, threads=threads, provider=provider, spinning=False)
     except ProviderUnavailable as exc:
         raise BackendUnavailable(str(exc)) from exc
     feed = {session.get_inputs()[0].name: _example(input_shape)}

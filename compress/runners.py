@@ -130,7 +130,10 @@ def latency_call(
         return lambda: request.infer({0: x})
     from compress.export import ort_session
 
-    session = ort_session(artifact, threads=threads, provider=backend.removeprefix("ort_"))
+    # no spinning: paired rounds alternate two sessions on the same cores (see ort_session)
+    session = ort_session(
+        artifact, threads=threads, provider=backend.removeprefix("ort_"), spinning=False
+    )
     feed = {session.get_inputs()[0].name: x}
     return lambda: session.run(None, feed)
 

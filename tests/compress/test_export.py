@@ -168,3 +168,33 @@ def test_cuda_provider_unavailable_is_a_clear_error(tmp_path: Path) -> None:
     path = export_onnx(_model("unet2d-tiny", {}), tmp_path / "m.onnx")
     with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider is not available"):
         ort_session(path, provider="cuda")
+
+
+def test_timed_ort_sessions_do_not_spin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sessions timed in alternating rounds must not busy-wait: one session's spinning
+    threads took the cores from the other's run (identical models measured 0.8-1.3x apart)."""
+    import compress.export
+    from compress.runners import latency_call
+
+    path = export_onnx(_model("unet2d-tiny", {}), tmp_path / "m.onnx")
+    key = "session.intra_op.allow_spinning"
+    assert (
+        ort_session(path, threads=1, spinning=False)
+        .get_session_options()
+        .get_session_config_entry(key)
+        == "0"
+    )
+    with pytest.raises(Exception, match="does not have configuration with key"):
+        ort_session(path, threads=1).get_session_options().get_session_config_entry(key)
+    made = []
+    real = compress.export.ort_session
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(compress.export, "ort_session", spy)
+    call = latency_call("ort_cpu", path, (1, 4, 16, 16), threads=1)
+    call()
+    assert len(made) == 1
+    assert made[0].get_session_options().get_session_config_entry(key) == "0"
