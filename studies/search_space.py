@@ -11,7 +11,8 @@ and pairs, R from ``--round-to`` (default ``auto``: this CPU's SIMD width, `comp
 with AVX-512, 8 with AVX2); ``finetune_steps`` from ``--finetune-steps`` (default 0 / 25 / 75,
 after pruning only); ``precision`` per runtime (`RUNTIME_PRECISIONS`): ORT fp32 / fp16 / int8
 (bf16 is not searched there: ORT's CPU provider has no bf16 convolutions), OpenVINO fp32 /
-fp16 / bf16 / int8, torch fp32 / fp16 / bf16; ``calibration`` minmax / entropy / percentile for
+fp16 / bf16 / int8, torch fp32 / fp16 / bf16, less fp16 on a CPU backend
+(`studies.sweep_latency.searched_precisions`: computed in fp32 there); ``calibration`` minmax / entropy / percentile for
 int8 (ORT's calibrators; NNCF uses its own min-max); ``threshold`` global / per-region.
 Recovery after pruning (`compress.recovery`): ``regularize_steps`` 0 or the longest fine-tune
 with ``regularize_strength`` in `REGULARIZE_STRENGTHS` for structured / pairs (group

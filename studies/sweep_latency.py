@@ -33,6 +33,19 @@ RUNTIME_PRECISIONS = {
 }
 
 
+def searched_precisions(backend: str) -> tuple[str, ...]:
+    """The precisions the sweep searches for ``backend``: its runtime's (`RUNTIME_PRECISIONS`),
+    without fp16 on a CPU. CPUs without native fp16 arithmetic compute fp16 models in fp32 after
+    converting (ORT CPU: 0.78-0.90x of fp32's speed in the default run), so fp16 there only halves
+    the file, which int8 does better; the trials it took were lost to the search."""
+    from compress.runners import RUNTIMES
+
+    precisions = RUNTIME_PRECISIONS[RUNTIMES[backend]]
+    if backend.endswith("_cpu"):
+        precisions = tuple(p for p in precisions if p != "fp16")
+    return precisions
+
+
 def objective_values(
     metrics: dict[str, Any], backend: str = "ort_cpu", reference_ms: float | None = None
 ) -> tuple[float, float, float]:

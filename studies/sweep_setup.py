@@ -20,7 +20,7 @@ import optuna
 from studies.pareto import DIRECTIONS, OBJECTIVES
 from studies.search_space import ROUND_TO, unstructured_limit
 from studies.storage import fail_dead_trials
-from studies.sweep_latency import RUNTIME_PRECISIONS
+from studies.sweep_latency import searched_precisions
 from studies.sweep_spec import SweepSpec
 from studies.sweep_worker import count_trials
 
@@ -83,7 +83,7 @@ def prepare_study(
         "objectives": list(OBJECTIVES),
         "latency_backend": spec.latency_backend,
         "round_to_choices": sorted({1, spec.round_to}),
-        "precisions": list(RUNTIME_PRECISIONS[spec.runtime]),
+        "precisions": list(searched_precisions(spec.latency_backend)),
     }
     stored = study.user_attrs.get("sweep")
     if stored is not None:

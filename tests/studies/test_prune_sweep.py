@@ -501,6 +501,17 @@ def test_default_backend_is_the_fastest_cpu_runtime_installed(
     assert fastest_cpu_backend() == expected
 
 
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [("ort_cuda", ("fp32", "fp16", "int8")), ("ort_cpu", ("fp32", "int8")),
+     ("ov_cpu", ("fp32", "bf16", "int8")), ("torch_cuda", ("fp32", "fp16", "bf16"))],
+)  # fmt: skip
+def test_fp16_is_searched_only_off_the_cpu(backend: str, expected: tuple[str, ...]) -> None:
+    from studies.sweep_latency import searched_precisions
+
+    assert searched_precisions(backend) == expected
+
+
 @pytest.mark.parametrize("backend", ["ort_cpu", pytest.param("ov_cpu", marks=pytest.mark.openvino)])
 def test_objective_is_reference_median_over_paired_speedup(
     fake_compress: dict[str, Any],
@@ -534,6 +545,10 @@ def test_objective_is_reference_median_over_paired_speedup(
     runtime = {"ort_cpu": "ort", "ov_cpu": "openvino"}[backend]
     assert study.user_attrs["sweep"]["latency_backend"] == backend
     assert study.user_attrs["sweep"]["baseline_recipe"]["runtime"] == runtime
+    # fp16 is not searched on a CPU (computed in fp32 there, so no faster)
+    expected = {"ort_cpu": ["fp32", "int8"], "ov_cpu": ["fp32", "bf16", "int8"]}[backend]
+    assert study.user_attrs["sweep"]["precisions"] == expected
+    assert all(Recipe.from_dict(t.user_attrs["recipe"]).precision in expected for t in study.trials)
     trials = seen[1:]
     assert len(trials) == 2
     for call in trials:
