@@ -354,7 +354,7 @@ def _ceiling_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = bench_macs.model_specs(parser, args.models)
     for flag, values, known in (
         ("--runtimes", runtimes, tuple(RUNTIME_BACKENDS)),
         ("--precisions", precisions, PRECISIONS),
@@ -362,13 +362,6 @@ def _ceiling_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         bad = [v for v in values if v not in known]
         if bad or not values:
             parser.error(f"{flag}: unknown {bad or 'empty'}; known: {', '.join(known)}")
-    if not models:
-        parser.error(f"--models: empty; known: {', '.join(zoo.names())}")
-    for spec in models:
-        try:
-            zoo.config_from_spec(spec)
-        except ValueError as exc:
-            parser.error(f"--models: {exc}")
     if "openvino" in runtimes and (reason := unavailable_reason(int8="int8" in precisions)):
         parser.error(f"--runtimes openvino: {reason}")
     result = ceiling(

@@ -92,6 +92,20 @@ def macs_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def model_specs(parser: Any, text: str) -> list[str]:
+    """``--models``: comma-separated zoo specs, each checked (`unet.zoo.config_from_spec`);
+    a bad or empty list is one ``parser.error`` line."""
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    if not models:
+        parser.error(f"--models: empty; known: {', '.join(zoo.names())}")
+    for spec in models:
+        try:
+            zoo.config_from_spec(spec)
+        except ValueError as exc:
+            parser.error(f"--models: {exc}")
+    return models
+
+
 def add_parser(sub: Any) -> None:
     """The ``macs`` sub-command of `studies.bench`."""
     import argparse
@@ -121,15 +135,8 @@ def command(parser: Any, args: Any) -> int:
     from studies.machine import machine_info, machine_markdown
     from unet.io import write_text_atomic
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = model_specs(parser, args.models)
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
-    if not models:
-        parser.error("--models: empty")
-    for spec in models:
-        try:
-            zoo.config_from_spec(spec)
-        except ValueError as exc:
-            parser.error(f"--models: {exc}")
     if not runtimes or (bad := [r for r in runtimes if r not in RUNTIME_BACKENDS]):
         parser.error(f"--runtimes: unknown {bad if runtimes else 'empty'}; known: ort, openvino")
     if "openvino" in runtimes and (reason := unavailable_reason()):
