@@ -24,6 +24,7 @@ from compress.openvino import unavailable_reason
 from compress.pipeline import compress_checkpoint
 from compress.recipe import (
     CALIBRATIONS,
+    COMPONENT_MODES,
     PRECISIONS,
     PRUNE_METHODS,
     RUNTIMES,
@@ -125,6 +126,15 @@ def format_table(result: dict[str, Any]) -> str:
             "",
         )
     )
+    if any(c.get("min_component", {}).values()) or any(b.get("min_component", {}).values()):
+        rows.append(
+            (
+                "min comp. WT/TC/ET",
+                "/".join(str(b.get("min_component", {}).get(k, 0)) for k in ("WT", "TC", "ET")),
+                "/".join(str(c.get("min_component", {}).get(k, 0)) for k in ("WT", "TC", "ET")),
+                "voxels",
+            )
+        )
     lines = [
         f"recipe: {result['recipe_label']}",
         f"{'':<20}{'baseline':>20}{'compressed':>20}  ratio / delta",
@@ -177,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
     p.add_argument("--threshold", choices=THRESHOLD_MODES, default=d.threshold)
+    p.add_argument(
+        "--components",
+        choices=COMPONENT_MODES,
+        default=d.components,
+        help="small-component removal: keep all voxels, or search per-region minimum component "
+        "sizes (voxels) on val (unet.components)",
+    )
     r = p.add_argument_group("recovery after pruning")
     r.add_argument(
         "--prune-rounds",
@@ -258,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 calibration=args.calibration,
                 calibration_samples=args.calibration_samples,
                 threshold=args.threshold,
+                components=args.components,
                 prune_rounds=args.prune_rounds,
                 distill_weight=args.distill_weight,
                 distill_temperature=args.distill_temperature,

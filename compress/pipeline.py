@@ -11,7 +11,8 @@ The command line is `compress.apply`:
 
 or ``--recipe recipe.json``. Steps: prune -> fine-tune (training split; with the recipe's
 recovery methods, `compress.recovery`) -> export + cast (int8 calibrated on training-split
-inputs) -> threshold search (validation split) -> measure.
+inputs) -> threshold search (validation split) -> small-component removal (sizes searched on
+the validation split with ``components="search"``, `compress.components`) -> measure.
 The test split is never read here. Writes into ``--out``:
 
 * ``model.onnx``: the deployable ONNX model (fp32 / fp16 / int8 QDQ; for ``bf16`` the fp32 ONNX,
@@ -20,8 +21,9 @@ The test split is never read here. Writes into ``--out``:
   recipe, metrics; sparse storage after unstructured pruning; fp16/bf16 weights for those precisions);
 * ``recipe.json`` and ``metrics.json`` = ``{"baseline": M, "compressed": M, ...}`` where each M has
   ``params``, ``macs``, ``size_bytes``, ``size_compressed_bytes``, ``latency_ms``
-  (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold``, ``val_dice`` and
-  ``val_per_subject`` (Dice per val subject at that threshold), and ``paired_val``: the paired
+  (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold``, ``min_component``
+  (voxels per region, 0 = keep all), ``val_dice`` and ``val_per_subject`` (Dice per val subject
+  at that threshold and component removal), and ``paired_val``: the paired
   comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
   Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
 
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.cast import cast_module, onnx_to_fp16
+from compress.components import search_min_components
 from compress.deploy import (
     artifact_files,
     artifact_forward,
@@ -62,6 +65,7 @@ from compress.recovery import recover
 from compress.runners import reference_calls
 from compress.threshold import search_thresholds
 from unet.checkpoint import load_checkpoint, save_checkpoint
+from unet.components import as_min_components
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import sample_inputs
 from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabilities
@@ -85,12 +89,15 @@ def measure_spatial(model: UNet, data: CanonicalDataset, meta: dict[str, Any]) -
 
 @dataclass(frozen=True)
 class ValResult:
-    """Validation outcome of one model: threshold(s), mean Dice, per-subject Dice rows."""
+    """Validation outcome of one model: threshold(s), minimum component sizes, mean Dice,
+    per-subject Dice rows, and the two searches (None where not searched)."""
 
     threshold: dict[str, float]
+    min_component: dict[str, int]
     val_dice: dict[str, float]
     per_subject: list[dict[str, Any]]
     search: dict[str, Any] | None
+    component_search: dict[str, Any] | None = None
 
 
 def validate(
@@ -100,9 +107,14 @@ def validate(
     mode: str,
     fixed: dict[str, float] | None,
     patch_size: Any,
+    *,
+    components: str = "keep",
+    fixed_components: dict[str, int] | None = None,
 ) -> ValResult:
     """Predict the val split; threshold(s) searched (``mode`` global / per-region) or ``fixed``;
-    per-subject Dice at the chosen threshold(s), for paired comparisons."""
+    then the minimum component sizes searched (``components="search"``,
+    `compress.components`) or kept (``fixed_components``, None = remove nothing); per-subject
+    Dice at the chosen threshold(s) and sizes, for paired comparisons."""
     cfg = model.config
     items = collect_probabilities(
         forward, data, data.split("val"), cfg.spatial_dims, cfg.divisor, patch_size
@@ -113,9 +125,22 @@ def validate(
     else:
         found = search_thresholds(items, mode=mode)
         threshold, search = dict(found.thresholds), found.to_dict()
-    evaluated = evaluate_probabilities(items, threshold, hd95=False)
+    component_search = None
+    if components == "search":
+        sized = search_min_components(items, threshold)
+        min_component, component_search = sized.min_component, sized.to_dict()
+    else:
+        min_component = as_min_components(fixed_components)
+    evaluated = evaluate_probabilities(items, threshold, hd95=False, min_component=min_component)
     per_subject = [{"subject": r["subject"], "dice": r["dice"]} for r in evaluated["per_subject"]]
-    return ValResult(threshold, dict(evaluated["mean"]["dice"]), per_subject, search)
+    return ValResult(
+        threshold,
+        min_component,
+        dict(evaluated["mean"]["dice"]),
+        per_subject,
+        search,
+        component_search,
+    )
 
 
 def _metrics(
@@ -166,11 +191,20 @@ def measure_baseline(
     with tempfile.TemporaryDirectory(prefix="unet-compress-") as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx")
         forward = ort_forward(ort_session(onnx_path, threads=threads))
-        val = validate(forward, model, data, "fixed", meta.get("threshold"), meta.get("patch_size"))
+        val = validate(
+            forward,
+            model,
+            data,
+            "fixed",
+            meta.get("threshold"),
+            meta.get("patch_size"),
+            fixed_components=meta.get("min_component"),
+        )
         m = _metrics(model, spatial, onnx_path, onnx_path, threads, latency_runs, device)
     return {
         **m,
         "threshold": val.threshold,
+        "min_component": val.min_component,
         "val_dice": val.val_dice,
         "val_per_subject": val.per_subject,
     }
@@ -285,13 +319,27 @@ def compress_checkpoint(
     forward = artifact_forward(
         recipe.runtime, recipe.precision, artifact, model, threads=threads, device=device
     )
-    val_result = validate(forward, model, data, recipe.threshold, meta.get("threshold"), patch_size)
+    val_result = validate(
+        forward,
+        model,
+        data,
+        recipe.threshold,
+        meta.get("threshold"),
+        patch_size,
+        components=recipe.components,
+        fixed_components=meta.get("min_component"),
+    )
     threshold, val = val_result.threshold, val_result.val_dice
 
     checkpoint_path = out / "checkpoint.pt"
     ckpt_meta = {
-        **{k: v for k, v in meta.items() if k not in ("metrics", "recipe", "threshold")},
+        **{
+            k: v
+            for k, v in meta.items()
+            if k not in ("metrics", "recipe", "threshold", "min_component")
+        },
         "threshold": threshold,
+        "min_component": val_result.min_component,
         "recipe": recipe.to_dict(),
         "baseline": str(baseline),
         "data_fingerprint": data.fingerprint,
@@ -322,6 +370,7 @@ def compress_checkpoint(
     )
     compressed.update(
         threshold=threshold,
+        min_component=val_result.min_component,
         val_dice=val,
         val_per_subject=val_result.per_subject,
         torch_dtype=str(next(model.parameters()).dtype),
@@ -341,6 +390,7 @@ def compress_checkpoint(
         "artifact": artifact.name,
         "threshold_mode": recipe.threshold,
         "threshold_curve": (val_result.search or {}).get("curve"),
+        "component_curve": (val_result.component_search or {}).get("curve"),
         "paired_val": paired_val(compressed, baseline_metrics),
         "data_fingerprint": data.fingerprint,
     }

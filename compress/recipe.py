@@ -23,6 +23,7 @@ PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("fixed", "global", "per-region")
+COMPONENT_MODES = ("keep", "search")  # small-component removal after the threshold
 RUNTIMES = ("ort", "openvino", "torch")  # where the artifact is deployed (compress.runners)
 # Bounds of the recovery fields (inclusive unless said otherwise in `Recipe.validate`).
 MAX_PRUNE_ROUNDS = 10
@@ -51,6 +52,8 @@ class Recipe:
     * ``precision``: ``fp32`` | ``fp16`` | ``bf16`` | ``int8`` (ONNX Runtime static QDQ);
       ``calibration``: int8 calibration method, on ``calibration_samples`` training inputs.
     * ``threshold``: ``fixed`` (keep the baseline's) | ``global`` | ``per-region`` search on val.
+    * ``components``: ``keep`` every predicted voxel | ``search`` on val, per region, a minimum
+      connected-component size (voxels) below which components are removed (`unet.components`).
 
     Recovery (how a pruned model gets its accuracy back; `compress.recovery`):
 
@@ -76,6 +79,7 @@ class Recipe:
     calibration: str = "minmax"
     calibration_samples: int = 32
     threshold: str = "global"
+    components: str = "keep"
     prune_rounds: int = 1
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
@@ -95,6 +99,7 @@ class Recipe:
         _choice("precision", self.precision, PRECISIONS)
         _choice("calibration", self.calibration, CALIBRATIONS)
         _choice("threshold", self.threshold, THRESHOLD_MODES)
+        _choice("components", self.components, COMPONENT_MODES)
         _choice("runtime", self.runtime, RUNTIMES)
         if self.runtime == "torch" and self.precision == "int8":
             raise ValueError("recipe: precision int8 needs runtime ort or openvino, not torch")
@@ -150,7 +155,8 @@ class Recipe:
     @property
     def label(self) -> str:
         """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``,
-        ``reg200(0.001)+structured0.50/r8+gradual4+ft200+kd1(T2)+fp32+global`` (``@openvino`` /
+        ``reg200(0.001)+structured0.50/r8+gradual4+ft200+kd1(T2)+fp32+global+cc`` (``+cc``: small
+        components removed, sizes searched on val; ``@openvino`` /
         ``@torch`` appended for those runtimes)."""
         parts = []
         if self.regularize_steps:
@@ -174,6 +180,8 @@ class Recipe:
             parts.append(f"kd{self.distill_weight:g}{temperature}")
         parts.append(f"int8({self.calibration})" if self.precision == "int8" else self.precision)
         parts.append(self.threshold)
+        if self.components == "search":
+            parts.append("cc")
         label = "+".join(parts)
         return label if self.runtime == "ort" else f"{label}@{self.runtime}"
 

@@ -49,13 +49,14 @@ from compress.runners import latency_call
 from compress.surgery import rebuild
 from compress.timing import paired_latency
 from studies.report_format import delta_ci, table_start
+from studies.sweep_spec import BASELINE_RECIPE
 from unet.checkpoint import load_checkpoint
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.data.datasets import sample_inputs
 from unet.models import UNet
 from unet.stats import paired_comparison
 
-REFERENCE = Recipe(threshold="per-region")  # the sweep's reference (studies.sweep_spec)
+REFERENCE = BASELINE_RECIPE  # the sweep's reference (dense fp32, thresholds and components on val)
 ROWS = ("ours", "ort_int8", "metapruner", "nncf_ov_int8")
 NAMES = {
     "ours": "project recipe",
@@ -161,7 +162,9 @@ def run_peers(
             recipe.calibration_samples, seed,
         )  # fmt: skip
         forward = ort_forward(ort_session(path, threads=threads))
-        val = validate(forward, baseline, ds, "per-region", None, meta.get("patch_size"))
+        val = validate(
+            forward, baseline, ds, "per-region", None, meta.get("patch_size"), components="search"
+        )
         rows["ort_int8"] = _val_row(val.per_subject, ref_scores, path.stat().st_size, ref_size)
         rows["ort_int8"].update(threshold=val.threshold, wall_s=time.perf_counter() - start)
         timed["ort_int8"] = ("ort_cpu", path, "int8")
@@ -187,7 +190,7 @@ def run_peers(
 
     if "nncf_ov_int8" in peers:
         if (reason := openvino.unavailable_reason(int8=True)) is None:
-            ov = Recipe(precision="int8", runtime="openvino", threshold="per-region")
+            ov = dataclasses.replace(REFERENCE, precision="int8", runtime="openvino")
             pipeline_row("nncf_ov_int8", ov, backends=("ov_cpu",))
         else:
             notes.append(f"nncf_ov_int8: left out ({reason})")

@@ -33,6 +33,7 @@ from compress.export import ort_forward, ort_session
 from compress.pipeline import compress_checkpoint
 from compress.recipe import Recipe
 from studies.report_format import delta_ci, table_start
+from studies.sweep_spec import BASELINE_RECIPE
 from unet.checkpoint import read_checkpoint
 from unet.config import UNetConfig
 from unet.data.canonical import REGIONS, CanonicalDataset
@@ -48,7 +49,8 @@ NAMES = {
     "e": "all three",
 }
 # the sweep's reference (studies.sweep_spec.BASELINE_RECIPE): dense fp32, per-region thresholds
-REFERENCE = Recipe(threshold="per-region")
+# and small-component removal, both chosen on val
+REFERENCE = BASELINE_RECIPE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,8 @@ def recovery_recipes(s: RecoverySettings) -> dict[str, Recipe]:
         ratio=s.ratio,
         round_to=s.round_to,
         finetune_steps=s.finetune_steps,
-        threshold="per-region",
+        threshold=REFERENCE.threshold,
+        components=REFERENCE.components,
     )
     distill = {"distill_weight": s.distill_weight, "distill_temperature": s.distill_temperature}
     gradual = {"prune_rounds": s.prune_rounds}
@@ -90,9 +93,10 @@ def recovery_recipes(s: RecoverySettings) -> dict[str, Recipe]:
 
 
 def held_out_scores(
-    run_dir: Path, data: CanonicalDataset, threshold: Any, threads: int
+    run_dir: Path, data: CanonicalDataset, m: dict[str, Any], threads: int
 ) -> list[dict[str, Any]]:
-    """Per-subject test Dice of the ONNX model in ``run_dir`` (thresholds chosen on val)."""
+    """Per-subject test Dice of the ONNX model in ``run_dir`` with the threshold(s) and
+    component removal of its M ``m`` (both chosen on val)."""
     payload = read_checkpoint(run_dir / "checkpoint.pt")
     config = UNetConfig.from_dict(payload["config"])
     forward = ort_forward(ort_session(run_dir / "model.onnx", threads=threads))
@@ -100,8 +104,9 @@ def held_out_scores(
         forward,
         data,
         "test",
-        threshold,
+        m["threshold"],
         hd95=False,
+        min_component=m.get("min_component"),
         spatial_dims=config.spatial_dims,
         divisor=config.divisor,
         patch_size=payload["meta"].get("patch_size"),
@@ -131,7 +136,7 @@ def run_recovery(
     out, ds = Path(out), CanonicalDataset(data)
     kw = {"threads": threads, "latency_runs": latency_runs, "seed": seed}
     ref = compress_checkpoint(checkpoint, ds, REFERENCE, out / "reference", **kw)["compressed"]
-    ref_scores = held_out_scores(out / "reference", ds, ref["threshold"], threads)
+    ref_scores = held_out_scores(out / "reference", ds, ref, threads)
     recipes = recovery_recipes(settings)
     rows: dict[str, Any] = {}
     for key in methods:
@@ -146,9 +151,7 @@ def run_recovery(
             **kw,
         )
         cand = result["compressed"]
-        paired = paired_comparison(
-            held_out_scores(out / key, ds, cand["threshold"], threads), ref_scores
-        )
+        paired = paired_comparison(held_out_scores(out / key, ds, cand, threads), ref_scores)
         rows[key] = {
             "method": NAMES[key],
             "recipe": recipes[key].to_dict(),

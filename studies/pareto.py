@@ -105,6 +105,12 @@ class TrialModel:
         return dict(self.metrics["threshold"])
 
     @property
+    def min_component(self) -> dict[str, int] | None:
+        """Minimum connected-component sizes (voxels) chosen on val; None: nothing removed."""
+        sizes = self.metrics.get("min_component")
+        return dict(sizes) if sizes is not None else None
+
+    @property
     def val_dice(self) -> dict[str, float]:
         return dict(self.metrics["val_dice"])
 

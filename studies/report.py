@@ -94,6 +94,8 @@ def _row(
             row[f"latency_iqr_ms_{short}"] = lat.get(backend, {}).get("iqr")
         row[f"speedup_{short}"] = speedup(m, base, backend)
     row.update({f"threshold_{r}": float(m["threshold"][r]) for r in REGIONS})
+    sizes = m.get("min_component") or {}
+    row.update({f"min_component_{r}": int(sizes.get(r, 0)) for r in REGIONS})
     row.update({f"val_dice_{r}": float(m["val_dice"][r]) for r in _R})
     row.update({f"test_dice_{r}": float(test["dice"][r]) for r in _R})
     row.update({f"test_hd95_{r}": float(test["hd95"][r]) for r in _R})
@@ -129,7 +131,13 @@ def model_row(
     forward, config = model.forward(threads, device)
     patch = read_checkpoint(model.checkpoint)["meta"].get("patch_size")
     test = evaluate_test(
-        forward, config.spatial_dims, config.divisor, data, model.threshold, patch_size=patch
+        forward,
+        config.spatial_dims,
+        config.divisor,
+        data,
+        model.threshold,
+        patch_size=patch,
+        min_component=model.min_component,
     )
     row = _row(str(model.number), model.label, model.metrics, base, test["mean"])
     row[PER_SUBJECT] = test["per_subject"]
@@ -235,14 +243,14 @@ def report_markdown(
 The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: val
 mean Dice, deployable size, {name} latency at batch 1; feasible = the paired
 95% CI of the val mean-Dice delta vs the baseline stays above -{info["max_dice_drop"]}). Each
-model was then evaluated once on the **test** split with its stored threshold(s) (Dice and HD95
-per subject volume) and compared **paired** with the baseline over the same
+model was then evaluated once on the **test** split with its stored threshold(s) and
+small-component removal (both chosen on val; Dice and HD95 per subject volume) and compared **paired** with the baseline over the same
 {rows[0].get("n_test_subjects", "?")} test subjects: *test delta* is the mean over subjects of
 (model - baseline) Dice with its 95% bootstrap CI; *non-inferior* means the mean's CI lower bound
 is above -{rows[0].get("margin", 0.01):g} and every region's (WT, TC, ET) above
 -{rows[0].get("region_margin", 0.03):g} (*worst region lo*: the lowest region lower bound).
-The baseline row is the trained model as dense fp32 ONNX with its thresholds searched on val per
-region, exactly like every trial's (as trained, with its stored threshold: val mean Dice
+The baseline row is the trained model as dense fp32 ONNX with its thresholds (per region) and
+component removal searched on val, exactly like every trial's (as trained, with its stored threshold: val mean Dice
 {as_trained}).
 
 {markdown_table(rows, backend)}
@@ -251,8 +259,8 @@ region, exactly like every trial's (as trained, with its stored threshold: val m
 the same backend, paired: the median over {info["latency_runs"]} rounds in which the model and
 the baseline ran back to back (batch 1, {info["threads"]} thread(s)), so machine load cancels;
 *ms*: the model's own median (for information, taken under whatever load there was);
-*zlib MB*: compressed artifact size (what unstructured sparsity saves). Full columns (HD95 and
-thresholds per region, IQRs, MACs): `pareto.csv`.
+*zlib MB*: compressed artifact size (what unstructured sparsity saves). Full columns (HD95,
+thresholds and minimum component sizes per region, IQRs, MACs): `pareto.csv`.
 
 ## Study
 

@@ -46,6 +46,7 @@ COLUMNS = (
     "latency_ms_torch",
     "speedup_torch",
     *(f"threshold_{r}" for r in REGIONS),
+    *(f"min_component_{r}" for r in REGIONS),
     *(f"val_dice_{r}" for r in _R),
     *(f"test_dice_{r}" for r in _R),
     *(f"test_hd95_{r}" for r in _R),

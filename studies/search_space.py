@@ -14,6 +14,9 @@ after pruning only); ``precision`` per runtime (`RUNTIME_PRECISIONS`): ORT fp32 
 fp16 / bf16 / int8, torch fp32 / fp16 / bf16, less fp16 on a CPU backend
 (`studies.sweep_latency.searched_precisions`: computed in fp32 there); ``calibration`` minmax / entropy / percentile for
 int8 (ORT's calibrators; NNCF uses its own min-max); ``threshold`` global / per-region.
+Every trial (and the baseline, `studies.sweep_spec.BASELINE_RECIPE`) searches its small-
+component removal on val (``components="search"``, `compress.components`): it costs no size or
+latency and only ever removes components where val Dice gains, so it is not a searched axis.
 Recovery after pruning (`compress.recovery`): ``regularize_steps`` 0 or the longest fine-tune
 with ``regularize_strength`` in `REGULARIZE_STRENGTHS` for structured / pairs (group
 regularisation before the cut, cached once per study and strength); ``prune_rounds`` in
@@ -139,6 +142,7 @@ def suggest_recipe(
         precision=precision,
         calibration=calibration,
         threshold=threshold,
+        components="search",
         prune_rounds=rounds,
         distill_weight=distill,
         regularize_steps=reg_steps,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 
+from compress.recipe import Recipe
 from studies.pareto import DIRECTIONS, OBJECTIVES
 from studies.search_space import ROUND_TO, unstructured_limit
 from studies.storage import fail_dead_trials
@@ -88,9 +89,15 @@ def prepare_study(
     stored = study.user_attrs.get("sweep")
     if stored is not None:
         old_defaults = {"latency_backend": "ort_cpu", "round_to_choices": list(ROUND_TO)}
+        if "baseline_recipe" in stored:  # fields added since take their defaults
+            stored = {
+                **stored,
+                "baseline_recipe": Recipe.from_dict(stored["baseline_recipe"]).to_dict(),
+            }
         for key, what in (
             ("data_fingerprint", "data"),
             ("baseline_sha256", "baseline"),
+            ("baseline_recipe", "baseline recipe"),
             ("finetune_steps", "finetune_steps"),
             ("latency_backend", "latency_backend"),
             ("round_to_choices", "round_to_choices"),

@@ -18,7 +18,7 @@ from studies.search_space import FINETUNE_STEPS, ROUND_TO
 # The reference every trial is compared with: the baseline itself (dense, fp32 ONNX) with its
 # thresholds searched on val per region, as every trial's are; a baseline left at its training
 # threshold (0.5) would make any recipe look better than it is.
-BASELINE_RECIPE = Recipe(threshold="per-region")
+BASELINE_RECIPE = Recipe(threshold="per-region", components="search")
 
 
 @dataclass(frozen=True)

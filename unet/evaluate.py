@@ -6,7 +6,9 @@
 prints a table and writes ``DIR/metrics.csv`` (one row per subject) and ``DIR/metrics.json``
 (``{"per_subject": [...], "mean": {"dice": {"WT","TC","ET","mean"}, "hd95": {...}}}``).
 The binary threshold(s) default to the ones stored in the checkpoint (``meta["threshold"]``,
-found by ``compress.threshold`` on the validation split), else 0.5.
+found by ``compress.threshold`` on the validation split), else 0.5; components smaller than
+the stored ``meta["min_component"]`` sizes (`unet.components`, chosen on val) are then removed
+unless ``--keep-components`` is given.
 
 With ``--reference REF`` (a checkpoint, or the ``metrics.json`` of an earlier run on the same
 subjects) ``metrics.json`` gains a ``paired`` block (`unet.stats.paired_comparison`): the Dice
@@ -24,7 +26,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
+from unet.components import as_min_components, remove_small_components
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError, regions_from_label
 from unet.inference import DEFAULT_PATCH_3D, Forward, predict_volume, torch_forward
 from unet.io import write_text_atomic
@@ -53,11 +56,18 @@ def as_thresholds(threshold: float | dict[str, float] | None) -> dict[str, float
     return dict.fromkeys(REGIONS, float(threshold))
 
 
-def binarize(probs: np.ndarray, threshold: float | dict[str, float] | None) -> np.ndarray:
-    """Bool region maps (3, ...): ``probs > threshold`` per region (WT, TC, ET)."""
+def binarize(
+    probs: np.ndarray,
+    threshold: float | dict[str, float] | None,
+    min_component: Mapping[str, int] | None = None,
+) -> np.ndarray:
+    """Bool region maps (3, ...): ``probs > threshold`` per region (WT, TC, ET), then, with
+    ``min_component``, each region's connected components below that many voxels removed
+    (`unet.components`)."""
     t = as_thresholds(threshold)
     cut = np.array([t[r] for r in REGIONS], dtype=np.float32)
-    return probs > cut.reshape(3, *([1] * (probs.ndim - 1)))
+    regions = probs > cut.reshape(3, *([1] * (probs.ndim - 1)))
+    return remove_small_components(regions, min_component)
 
 
 def _subjects(data: CanonicalDataset, split_or_subjects: str | Sequence[str]) -> list[str]:
@@ -98,15 +108,25 @@ def mean_metrics(per_subject: Sequence[dict[str, Any]]) -> dict[str, dict[str, f
 
 
 def evaluate_probabilities(
-    items: Iterable[Item], threshold: float | dict[str, float] | None = 0.5, hd95: bool = True
+    items: Iterable[Item],
+    threshold: float | dict[str, float] | None = 0.5,
+    hd95: bool = True,
+    min_component: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Binarise each volume with the threshold(s) and compute per-subject and mean metrics."""
+    """Binarise each volume with the threshold(s) (and ``min_component`` removal) and compute
+    per-subject and mean metrics."""
     t = as_thresholds(threshold)
+    sizes = as_min_components(min_component)
     per_subject = []
     for sid, probs, target in items:
-        m = region_metrics(binarize(probs, t), target, with_hd95=hd95)
+        m = region_metrics(binarize(probs, t, sizes), target, with_hd95=hd95)
         per_subject.append({"subject": sid, **m})
-    return {"per_subject": per_subject, "mean": mean_metrics(per_subject), "threshold": t}
+    return {
+        "per_subject": per_subject,
+        "mean": mean_metrics(per_subject),
+        "threshold": t,
+        "min_component": sizes,
+    }
 
 
 def evaluate_model(
@@ -116,6 +136,7 @@ def evaluate_model(
     threshold: float | dict[str, float] | None = None,
     hd95: bool = True,
     *,
+    min_component: Mapping[str, int] | None = None,
     spatial_dims: int | None = None,
     divisor: int | None = None,
     patch_size: Sequence[int] | None = None,
@@ -142,7 +163,7 @@ def evaluate_model(
     items = collect_probabilities(
         forward, data, subjects, spatial_dims, divisor, patch_size, progress=progress
     )
-    result = evaluate_probabilities(items, threshold, hd95)
+    result = evaluate_probabilities(items, threshold, hd95, min_component)
     if was_training:
         model_or_forward.train()
     return result
@@ -189,7 +210,8 @@ def reference_results(
 ) -> dict[str, Any]:
     """Per-subject results of the ``reference`` of a paired comparison.
 
-    ``reference`` is a checkpoint (evaluated here on ``subjects`` with its stored threshold(s))
+    ``reference`` is a checkpoint (evaluated here on ``subjects`` with its stored threshold(s) and
+    component removal)
     or the ``metrics.json`` of an earlier `unet.evaluate` run (its ``per_subject`` rows are used
     as they are; `unet.stats.paired_comparison` refuses them if they cover other subjects).
     """
@@ -220,6 +242,7 @@ def reference_results(
         subjects,
         meta.get("threshold"),
         hd95=hd95,
+        min_component=meta.get("min_component"),
         patch_size=meta.get("patch_size"),
         device=device,
         progress=True,
@@ -252,6 +275,11 @@ def _parser() -> argparse.ArgumentParser:
         nargs=3,
         default=None,
         help="3D sliding-window size (default: stored, else 64^3)",
+    )
+    parser.add_argument(
+        "--keep-components",
+        action="store_true",
+        help="skip the stored small-component removal (meta['min_component'], unet.components)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
@@ -308,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             subjects,
             threshold,
             hd95=not args.no_hd95,
+            min_component=None if args.keep_components else meta.get("min_component"),
             patch_size=patch,
             device=args.device,
             progress=True,

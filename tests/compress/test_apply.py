@@ -161,6 +161,30 @@ def test_stored_val_dice_is_reproducible(
     assert conv_sparsity(model) == pytest.approx(0.5, abs=0.005)  # zeros survive save/load
 
 
+def test_component_search_is_stored_and_reproducible(
+    tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
+) -> None:
+    """``components="search"``: sizes chosen on val land in metrics.json and the checkpoint,
+    the stored val Dice is what `unet.evaluate` gives with them, and never below no removal."""
+    recipe = Recipe(threshold="per-region", components="search")
+    result = compress_checkpoint(
+        baseline, blob_data, recipe, tmp_path, threads=1, baseline_metrics=baseline_metrics
+    )
+    model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
+    sizes = result["compressed"]["min_component"]
+    assert meta["min_component"] == sizes and set(sizes) == {"WT", "TC", "ET"}
+    assert set(result["component_curve"]) == {"WT", "TC", "ET"}
+    kw = {"hd95": False}
+    again = evaluate_model(model, blob_data, "val", meta["threshold"], min_component=sizes, **kw)
+    assert again["mean"]["dice"]["mean"] == pytest.approx(
+        result["compressed"]["val_dice"]["mean"], abs=1e-4
+    )
+    kept = evaluate_model(model, blob_data, "val", meta["threshold"], **kw)
+    assert again["mean"]["dice"]["mean"] >= kept["mean"]["dice"]["mean"] - 1e-9
+    for r, curve in result["component_curve"].items():
+        assert max(curve["dice"]) == pytest.approx(again["mean"]["dice"][r], abs=1e-4)
+
+
 def test_bf16_and_fixed_threshold(
     tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
 ) -> None:

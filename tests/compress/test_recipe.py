@@ -40,6 +40,10 @@ RECIPES = [
         Recipe(prune="unstructured", ratio=0.8, finetune_steps=4, prune_rounds=4),
         "unstructured0.80+gradual4+ft4+fp32+global",
     ),
+    (
+        Recipe(**S50, threshold="per-region", components="search", precision="int8"),
+        "structured0.50/r8+ft20+int8(minmax)+per-region+cc",
+    ),
 ]
 
 
@@ -70,6 +74,7 @@ def test_integers_and_floats_from_json_make_the_same_recipe() -> None:
         ({"regularize_steps": 1.5}, "regularize_steps must be an integer in \\[0, 100000\\]"),
         ({"regularize_strength": "big"}, "regularize_strength must be a number in \\(0, 1\\]"),
         ({"finetune_steps": "20"}, "finetune_steps must be an integer >= 0"),
+        ({"components": "largest"}, "components must be one of \\('keep', 'search'\\)"),
         # out of range
         ({"prune_rounds": 0}, "prune_rounds must be an integer in \\[1, 10\\], got 0"),
         ({"prune_rounds": 11}, "prune_rounds must be an integer in \\[1, 10\\], got 11"),
@@ -102,3 +107,9 @@ def test_bad_field_in_a_recipe_file_names_file_and_field(tmp_path: Path) -> None
     path.write_text(json.dumps({**S50, "prune_rounds": "many"}))
     with pytest.raises(ValueError, match="r.json: recipe: prune_rounds must be an integer"):
         Recipe.from_json(path)
+
+
+def test_a_recipe_file_without_the_components_field_keeps_every_voxel() -> None:
+    """recipe.json files written before the field existed load as before (no removal)."""
+    old = {k: v for k, v in Recipe(**S50).to_dict().items() if k != "components"}
+    assert Recipe.from_dict(old).components == "keep"

@@ -1,0 +1,88 @@
+"""Choose the small-component removal (`unet.components`) on validation predictions.
+
+    from compress.components import search_min_components
+    found = search_min_components(items, thresholds)      # items: val (subject, probs, target)
+    meta["min_component"] = found.min_component          # {"WT": voxels, "TC": ..., "ET": ...}
+
+After the threshold(s) are fixed, each region's connected components are listed once per
+subject with their size and the number of target voxels they cover; the Dice at any minimum
+size is then a sum over the kept components, so every size of the grid costs O(components).
+Each region takes the size on ``grid`` (voxels) with the best val mean Dice, the smallest size
+among equals (0 = keep everything, so removal is chosen only where it helps on val). Use the
+validation split only: the test split is for reporting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unet.components import component_sizes
+from unet.data.canonical import REGIONS
+from unet.evaluate import Item, as_thresholds
+
+DEFAULT_SIZE_GRID = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    """Chosen minimum component sizes (voxels), their val Dice, and Dice per grid size."""
+
+    min_component: dict[str, int]
+    val_dice: dict[str, float]  # {"WT", "TC", "ET", "mean"} at the chosen sizes
+    curve: dict[str, tuple[list[int], list[float]]]  # region -> (sizes, val mean Dice)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_component": dict(self.min_component),
+            "val_dice": dict(self.val_dice),
+            "curve": {r: {"min_size": s, "dice": d} for r, (s, d) in self.curve.items()},
+        }
+
+
+def _check_grid(grid: Sequence[int]) -> list[int]:
+    sizes = sorted({int(g) for g in grid})
+    if not sizes or any(g < 0 for g in grid) or any(float(g) != int(g) for g in grid):
+        raise ValueError(f"min-component grid must be whole voxel counts >= 0, got {list(grid)}")
+    return sizes
+
+
+def _region_dice(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], min_size: int) -> float:
+    """Val mean Dice of one region when components below ``min_size`` voxels are removed."""
+    scores = []
+    for sizes, hits, truth in parts:
+        kept = sizes >= min_size
+        predicted, tp = int(sizes[kept].sum()), int(hits[kept].sum())
+        total = predicted + truth
+        scores.append(2.0 * tp / total if total else 1.0)
+    return float(np.mean(scores))
+
+
+def search_min_components(
+    items: Sequence[Item],
+    threshold: float | Mapping[str, float] | None,
+    grid: Sequence[int] = DEFAULT_SIZE_GRID,
+) -> ComponentResult:
+    """Per region, the minimum component size on ``grid`` maximising val mean Dice at
+    ``threshold`` (see the module docstring)."""
+    if not items:
+        raise ValueError("search_min_components: no (subject, probs, target) items given")
+    sizes_grid = _check_grid(grid)
+    t = as_thresholds(dict(threshold) if isinstance(threshold, Mapping) else threshold)
+    chosen: dict[str, int] = {}
+    val: dict[str, float] = {}
+    curve: dict[str, tuple[list[int], list[float]]] = {}
+    for i, r in enumerate(REGIONS):
+        parts = []
+        for _sid, probs, target in items:
+            sizes, hits = component_sizes(probs[i] > np.float32(t[r]), target[i])
+            parts.append((sizes, hits, int(np.count_nonzero(target[i]))))
+        scores = [_region_dice(parts, m) for m in sizes_grid]
+        best = int(np.argmax(scores))  # the first (smallest) size among equals
+        chosen[r], val[r] = sizes_grid[best], scores[best]
+        curve[r] = (list(sizes_grid), scores)
+    val["mean"] = float(np.mean([val[r] for r in REGIONS]))
+    return ComponentResult(min_component=chosen, val_dice=val, curve=curve)

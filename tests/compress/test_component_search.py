@@ -1,0 +1,54 @@
+"""`compress.components`: the minimum component size chosen on validation predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.components import search_min_components
+from unet.evaluate import evaluate_probabilities
+
+SHAPE = (3, 8, 24, 24)
+
+
+def _subject(tumour: bool, blob: int, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """A subject with (optionally) a 4x4x4 tumour predicted exactly in every region, plus a
+    false-positive blob of ``blob`` voxels in a row far from it (WT only)."""
+    rng = np.random.default_rng(seed)
+    probs = rng.uniform(0.0, 0.3, SHAPE).astype(np.float32)
+    target = np.zeros(SHAPE, dtype=bool)
+    if tumour:
+        target[:, 1:5, 2:6, 2:6] = True
+        probs[:, 1:5, 2:6, 2:6] = 0.9
+    probs[0, 6, 20, 2 : 2 + blob] = 0.8
+    return (f"s{seed}", probs, target)
+
+
+def test_chooses_a_size_between_the_false_positives_and_the_tumours() -> None:
+    items = [_subject(tumour=i % 3 != 0, blob=3 + i % 4, seed=i) for i in range(12)]
+    found = search_min_components(items, 0.5, grid=(0, 2, 8, 32, 128))
+    assert found.min_component == {"WT": 8, "TC": 0, "ET": 0}  # 8 > blobs (<= 6), < 64
+    assert found.val_dice["WT"] == pytest.approx(1.0)
+    # the reported val Dice is exactly what the evaluation gives with those sizes
+    evaluated = evaluate_probabilities(items, 0.5, hd95=False, min_component=found.min_component)
+    assert found.val_dice == pytest.approx(evaluated["mean"]["dice"])
+    sizes, dice = found.curve["WT"]
+    assert sizes == [0, 2, 8, 32, 128]
+    assert dice[0] < dice[2] and dice[4] < dice[2]  # removing the tumours (64 voxels) hurts
+
+
+def test_keeps_everything_when_removal_does_not_help() -> None:
+    items = [_subject(tumour=True, blob=0, seed=i) for i in range(4)]
+    found = search_min_components(items, {"WT": 0.5, "TC": 0.5, "ET": 0.5})
+    assert found.min_component == {"WT": 0, "TC": 0, "ET": 0}  # ties go to the smallest size
+
+
+@pytest.mark.parametrize("grid", [(), (-1, 4), (2.5,)])
+def test_bad_grid(grid: tuple) -> None:
+    with pytest.raises(ValueError, match="whole voxel counts >= 0"):
+        search_min_components([_subject(True, 2, 0)], 0.5, grid=grid)
+
+
+def test_no_items() -> None:
+    with pytest.raises(ValueError, match="no \\(subject, probs, target\\) items"):
+        search_min_components([], 0.5)
