@@ -122,7 +122,10 @@ def prepare_study(
         study.set_user_attr("machine", machine_info(spec.threads))
     if "baseline_metrics" not in study.user_attrs:
         if progress:
-            print("measuring the baseline (threshold searched on val) ...", file=sys.stderr)
+            print(
+                "measuring the baseline (thresholds and component removal searched on val) ...",
+                file=sys.stderr,
+            )
         t0 = time.perf_counter()
         result = compress_checkpoint(
             spec.baseline,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,8 @@ def _states(study: optuna.Study, state: TrialState) -> list:
     ],
 )  # fmt: skip
 def test_suggest_recipe_maps_parameters(params: dict[str, Any], expected: Recipe) -> None:
+    """Every trial searches its small-component removal on val (not a searched axis)."""
+    expected = dataclasses.replace(expected, components="search")
     assert suggest_recipe(optuna.trial.FixedTrial(params), levels=3) == expected
 
 
@@ -283,6 +286,7 @@ def test_recovery_recipe_round_trips_through_the_study_to_the_report_model(
     expected = Recipe(
         prune="structured", ratio=0.5, round_to=8, finetune_steps=75, prune_rounds=4,
         distill_weight=3.0, regularize_steps=75, regularize_strength=0.01, threshold="per-region",
+        components="search",
     )  # fmt: skip
     (trial,) = _states(_load(out), TrialState.COMPLETE)
     model = as_trial_model(trial)  # what studies.report turns into a row
@@ -433,7 +437,9 @@ def test_end_to_end_search_never_reads_test_report_does(
         assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (1, 3, 32, 32)
         forward, config = m.forward(threads=1)
         again = evaluate_model(forward, blob_data, "val", m.threshold, hd95=False,
+                               min_component=m.min_component,
                                spatial_dims=config.spatial_dims, divisor=config.divisor)  # fmt: skip
+        assert meta["min_component"] == m.min_component  # chosen on val, stored in both
         assert again["mean"]["dice"]["mean"] == pytest.approx(m.val_dice["mean"], abs=1e-3)
 
 
