@@ -8,8 +8,14 @@ After the threshold(s) are fixed, each region's connected components are listed 
 subject with their size and the number of target voxels they cover; the Dice at any minimum
 size is then a sum over the kept components, so every size of the grid costs O(components).
 Each region takes the size on ``grid`` (voxels) with the best val mean Dice, the smallest size
-among equals (0 = keep everything, so removal is chosen only where it helps on val). Use the
-validation split only: the test split is for reporting.
+among equals (0 = keep everything, so removal is chosen only where it helps on val).
+
+The grid is capped per region by `size_caps`: half the smallest tumour (the region's voxel count
+in a subject that has it) of the **training** labels. A validation split of a few dozen subjects
+may hold no small tumour at all, and then val cannot see the cost of a large minimum size (it
+measured: val's smallest WT was 1070 voxels, test's 120, and val chose 256); the training
+labels bound what a plausible tumour is without touching the test split. Use the training and
+validation splits only: the test split is for reporting.
 """
 
 from __future__ import annotations
@@ -21,10 +27,27 @@ from typing import Any
 import numpy as np
 
 from unet.components import component_sizes
-from unet.data.canonical import REGIONS
+from unet.data.canonical import REGIONS, CanonicalDataset, regions_from_label
 from unet.evaluate import Item, as_thresholds
 
 DEFAULT_SIZE_GRID = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+CAP_FRACTION = 0.5  # of the smallest training tumour, per region
+
+
+def size_caps(
+    data: CanonicalDataset, split: str = "train", fraction: float = CAP_FRACTION
+) -> dict[str, int]:
+    """Per region, ``fraction`` of the smallest non-empty region (voxels) over ``split``'s labels
+    (0 where no subject has the region): the largest minimum component size worth trying."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"size_caps: fraction must be in (0, 1], got {fraction}")
+    smallest: dict[str, int | None] = dict.fromkeys(REGIONS)
+    for sid in data.split(split):
+        counts = regions_from_label(data.label(sid)).reshape(len(REGIONS), -1).sum(axis=1)
+        for r, n in zip(REGIONS, counts.tolist(), strict=True):
+            if n and (smallest[r] is None or n < smallest[r]):
+                smallest[r] = int(n)
+    return {r: int(fraction * n) if n else 0 for r, n in smallest.items()}
 
 
 @dataclass(frozen=True)
@@ -33,11 +56,13 @@ class ComponentResult:
 
     min_component: dict[str, int]
     val_dice: dict[str, float]  # {"WT", "TC", "ET", "mean"} at the chosen sizes
-    curve: dict[str, tuple[list[int], list[float]]]  # region -> (sizes, val mean Dice)
+    curve: dict[str, tuple[list[int], list[float]]]  # region -> (sizes tried, val mean Dice)
+    caps: dict[str, int] | None = None  # the largest size tried per region (None: no cap)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "min_component": dict(self.min_component),
+            "caps": dict(self.caps) if self.caps is not None else None,
             "val_dice": dict(self.val_dice),
             "curve": {r: {"min_size": s, "dice": d} for r, (s, d) in self.curve.items()},
         }
@@ -65,17 +90,20 @@ def search_min_components(
     items: Sequence[Item],
     threshold: float | Mapping[str, float] | None,
     grid: Sequence[int] = DEFAULT_SIZE_GRID,
+    caps: Mapping[str, int] | None = None,
 ) -> ComponentResult:
-    """Per region, the minimum component size on ``grid`` maximising val mean Dice at
+    """Per region, the minimum component size on ``grid`` (at most ``caps[region]`` voxels,
+    e.g. `size_caps` of the training split; None: the whole grid) maximising val mean Dice at
     ``threshold`` (see the module docstring)."""
     if not items:
         raise ValueError("search_min_components: no (subject, probs, target) items given")
-    sizes_grid = _check_grid(grid)
+    full_grid = _check_grid(grid)
     t = as_thresholds(dict(threshold) if isinstance(threshold, Mapping) else threshold)
     chosen: dict[str, int] = {}
     val: dict[str, float] = {}
     curve: dict[str, tuple[list[int], list[float]]] = {}
     for i, r in enumerate(REGIONS):
+        sizes_grid = [g for g in full_grid if caps is None or g <= caps[r]] or [0]
         parts = []
         for _sid, probs, target in items:
             sizes, hits = component_sizes(probs[i] > np.float32(t[r]), target[i])
@@ -85,4 +113,9 @@ def search_min_components(
         chosen[r], val[r] = sizes_grid[best], scores[best]
         curve[r] = (list(sizes_grid), scores)
     val["mean"] = float(np.mean([val[r] for r in REGIONS]))
-    return ComponentResult(min_component=chosen, val_dice=val, curve=curve)
+    return ComponentResult(
+        min_component=chosen,
+        val_dice=val,
+        curve=curve,
+        caps=dict(caps) if caps is not None else None,
+    )

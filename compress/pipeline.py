@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.cast import cast_module, onnx_to_fp16
-from compress.components import search_min_components
+from compress.components import search_min_components, size_caps
 from compress.deploy import (
     artifact_files,
     artifact_forward,
@@ -127,7 +127,7 @@ def validate(
         threshold, search = dict(found.thresholds), found.to_dict()
     component_search = None
     if components == "search":
-        sized = search_min_components(items, threshold)
+        sized = search_min_components(items, threshold, caps=size_caps(data, "train"))
         min_component, component_search = sized.min_component, sized.to_dict()
     else:
         min_component = as_min_components(fixed_components)

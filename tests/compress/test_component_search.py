@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.components import search_min_components
+from compress.components import search_min_components, size_caps
+from unet.data.canonical import REGIONS, CanonicalDataset, regions_from_label
 from unet.evaluate import evaluate_probabilities
 
 SHAPE = (3, 8, 24, 24)
@@ -52,3 +53,24 @@ def test_bad_grid(grid: tuple) -> None:
 def test_no_items() -> None:
     with pytest.raises(ValueError, match="no \\(subject, probs, target\\) items"):
         search_min_components([], 0.5)
+
+
+def test_caps_bound_the_sizes_tried_per_region() -> None:
+    """With WT capped below the false-positive blobs, removal can no longer clear them."""
+    items = [_subject(tumour=i % 3 != 0, blob=3 + i % 4, seed=i) for i in range(12)]
+    caps = {"WT": 4, "TC": 0, "ET": 100}
+    found = search_min_components(items, 0.5, grid=(0, 2, 8, 32, 128), caps=caps)
+    assert found.curve["WT"][0] == [0, 2] and found.curve["TC"][0] == [0]
+    assert found.curve["ET"][0] == [0, 2, 8, 32]
+    assert found.min_component["WT"] in (0, 2) and found.val_dice["WT"] < 1.0
+    assert found.to_dict()["caps"] == caps
+
+
+def test_size_caps_are_half_the_smallest_training_tumour(blob_data) -> None:
+    data = CanonicalDataset(blob_data)
+    smallest = {r: min(int(regions_from_label(data.label(s))[i].sum()) for s in data.split("train"))
+                for i, r in enumerate(REGIONS)}  # fmt: skip
+    assert size_caps(data, "train") == {r: n // 2 for r, n in smallest.items()}
+    assert size_caps(data, "train", fraction=1.0) == smallest
+    with pytest.raises(ValueError, match="fraction must be in"):
+        size_caps(data, "train", fraction=0.0)
