@@ -20,6 +20,7 @@ validation splits only: the test split is for reporting.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,16 +39,27 @@ def size_caps(
     data: CanonicalDataset, split: str = "train", fraction: float = CAP_FRACTION
 ) -> dict[str, int]:
     """Per region, ``fraction`` of the smallest non-empty region (voxels) over ``split``'s labels
-    (0 where no subject has the region): the largest minimum component size worth trying."""
+    (0 where no subject has the region): the largest minimum component size worth trying.
+
+    The label scan is done once per data file content (keyed by its fingerprint), not once per
+    call: every trial of a sweep asks for the same caps."""
     if not 0 < fraction <= 1:
         raise ValueError(f"size_caps: fraction must be in (0, 1], got {fraction}")
-    smallest: dict[str, int | None] = dict.fromkeys(REGIONS)
+    smallest = smallest_tumours(str(data.path), data.fingerprint, split)
+    return {r: int(fraction * n) for r, n in zip(REGIONS, smallest, strict=True)}
+
+
+@functools.lru_cache(maxsize=8)
+def smallest_tumours(path: str, fingerprint: str, split: str) -> tuple[int, ...]:
+    """Per region (WT, TC, ET), the smallest non-empty region in voxels over ``split`` of the
+    data file at ``path`` (0 where no subject has it); ``fingerprint`` keys the cache."""
+    data = CanonicalDataset(path)
+    smallest = [0] * len(REGIONS)
     for sid in data.split(split):
         counts = regions_from_label(data.label(sid)).reshape(len(REGIONS), -1).sum(axis=1)
-        for r, n in zip(REGIONS, counts.tolist(), strict=True):
-            if n and (smallest[r] is None or n < smallest[r]):
-                smallest[r] = int(n)
-    return {r: int(fraction * n) if n else 0 for r, n in smallest.items()}
+        pairs = zip(smallest, counts.tolist(), strict=True)
+        smallest = [n if n and (not m or n < m) else m for m, n in pairs]
+    return tuple(int(n) for n in smallest)
 
 
 @dataclass(frozen=True)

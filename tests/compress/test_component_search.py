@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.components import search_min_components, size_caps
+from compress.components import search_min_components, size_caps, smallest_tumours
 from unet.data.canonical import REGIONS, CanonicalDataset, regions_from_label
 from unet.evaluate import evaluate_probabilities
 
@@ -72,5 +72,9 @@ def test_size_caps_are_half_the_smallest_training_tumour(blob_data) -> None:
                 for i, r in enumerate(REGIONS)}  # fmt: skip
     assert size_caps(data, "train") == {r: n // 2 for r, n in smallest.items()}
     assert size_caps(data, "train", fraction=1.0) == smallest
+    before = smallest_tumours.cache_info()
+    size_caps(CanonicalDataset(blob_data), "train")  # a second trial: no second label scan
+    assert smallest_tumours.cache_info().hits == before.hits + 1
+    assert smallest_tumours.cache_info().misses == before.misses
     with pytest.raises(ValueError, match="fraction must be in"):
         size_caps(data, "train", fraction=0.0)
