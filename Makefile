@@ -18,14 +18,18 @@ venv: $(BIN)/.installed
 run: venv
 	$(BIN)/python -m studies.prune_sweep
 
-# OpenVINO's runtime and PyTorch training crashed together in one process (exit 139), so the
-# tests that load OpenVINO run in a pytest process of their own.
+# Tests run in one pytest-xdist worker per core (one torch thread each, tests/conftest.py),
+# a test file per worker at a time so module fixtures are built once. OpenVINO's runtime and
+# PyTorch training crashed together in one process (exit 139), so the tests that load OpenVINO
+# run in a pytest process of their own.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: venv
-	$(BIN)/python -m pytest -q -m "not openvino"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not openvino"
 	$(BIN)/python -m pytest -q -m "openvino"
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow and not openvino"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not openvino"
 	$(BIN)/python -m pytest -q -m "openvino and not slow"
 
 lint: venv

@@ -90,6 +90,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     import numpy as np, torch
     from unet import load_checkpoint
+    torch.set_num_threads(int(sys.argv[2]))  # the parent's count: same reduction order, same bits
     results = {}
     for case in sorted(Path(sys.argv[1]).iterdir()):
         model, meta = load_checkpoint(case / "model.pt")
@@ -136,9 +137,8 @@ def _prune_and_reload(cases: list[tuple], root: Path) -> dict[str, Any]:
                 "in_shape": tuple(x.shape),
                 "finite": bool(torch.isfinite(y).all()),
             }
-    child = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(root)], capture_output=True, text=True, check=True
-    )
+    argv = [sys.executable, "-c", _CHILD, str(root), str(torch.get_num_threads())]
+    child = subprocess.run(argv, capture_output=True, text=True, check=True)
     for key, value in json.loads(child.stdout).items():
         out[key]["reloaded"] = value
     return out
