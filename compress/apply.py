@@ -185,7 +185,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration", choices=CALIBRATIONS, default=d.calibration, help="int8 calibration method"
     )
-    p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=d.calibration_samples,
+        help="int8 calibration inputs (train split); also the val samples of --int8-max-drop",
+    )
+    p.add_argument(
+        "--int8-max-drop",
+        type=float,
+        default=d.int8_max_drop,
+        help="OpenVINO int8: NNCF accuracy control, at most this absolute val Dice drop vs fp32, "
+        "operators reverted to f32 until it holds (0 = off)",
+    )
     p.add_argument("--threshold", choices=THRESHOLD_MODES, default=d.threshold)
     p.add_argument(
         "--components",
@@ -274,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 precision=args.precision,
                 calibration=args.calibration,
                 calibration_samples=args.calibration_samples,
+                int8_max_drop=args.int8_max_drop,
                 threshold=args.threshold,
                 components=args.components,
                 prune_rounds=args.prune_rounds,

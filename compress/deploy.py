@@ -57,11 +57,18 @@ def write_ir(
     fp32_onnx: str | os.PathLike[str],
     xml: str | os.PathLike[str],
     calibration: Callable[[], np.ndarray],
+    *,
+    max_drop: float = 0.0,
+    validation: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Path:
     """The OpenVINO IR of ``precision`` at ``xml``: NNCF int8 calibrated on ``calibration()``
-    (training-split inputs, drawn only for int8), else converted from ``fp32_onnx``."""
+    (training-split inputs, drawn only for int8), else converted from ``fp32_onnx``. With
+    ``max_drop > 0``, NNCF's accuracy control on ``validation()`` (val inputs and targets)."""
     if precision == "int8":
-        return openvino.quantize_nncf(fp32_onnx, xml, calibration())
+        checked = validation() if max_drop > 0 and validation is not None else None
+        return openvino.quantize_nncf(
+            fp32_onnx, xml, calibration(), validation=checked, max_drop=max_drop
+        )
     return openvino.onnx_to_ir(fp32_onnx, xml, precision)
 
 

@@ -20,6 +20,8 @@ never left to OpenVINO: on a CPU with bf16 units its default is bf16, which move
   has no fp16 arithmetic, so fp16 is a storage format here, as it is for ONNX Runtime's CPU;
 * ``int8``: NNCF post-training quantization (``nncf.quantize``, min-max ranges on
   training-split inputs, mixed preset) of the fp32 OpenVINO model; non-quantized operators in f32.
+  With a ``max_drop`` (recipe ``int8_max_drop``) NNCF's accuracy control reverts operators to f32
+  until the Dice on val samples is within it.
 
 openvino and nncf are optional: importing this module works without them, and every function
 that needs them raises `OpenVINOUnavailable` with the install command.
@@ -33,7 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from unet.inference import Forward
+from unet.metrics import dice
 
 # recipe precision -> (weights stored as fp16 in the IR, INFERENCE_PRECISION_HINT)
 PRECISIONS: dict[str, tuple[bool, str]] = {
@@ -144,12 +147,19 @@ def quantize_nncf(
     calibration: np.ndarray,
     *,
     preset: str = "mixed",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    max_drop: float = 0.0,
 ) -> Path:
     """NNCF post-training int8 quantization of the ONNX model, written as an IR at ``xml``.
 
     ``calibration`` is ``(n, C, *spatial)`` float32 from the training split (one sample per
     inference, all ``n`` used); ``preset`` ``mixed`` (symmetric weights, asymmetric
     activations: ReLU outputs keep all 256 levels) or ``performance`` (symmetric both).
+
+    ``max_drop > 0`` runs NNCF's accuracy-control variant (``nncf.quantize_with_accuracy_control``):
+    operators are reverted to f32, most harmful first, until the `validation_dice` of the int8
+    model on ``validation`` (inputs and region targets, e.g. `unet.data.sample_pairs` of the val
+    split) is at most ``max_drop`` (absolute, Dice units) below the fp32 model's.
     """
     reason = unavailable_reason(int8=True)
     if reason:
@@ -162,23 +172,58 @@ def quantize_nncf(
     }
     if preset not in presets:
         raise ValueError(f"quantize_nncf: preset must be one of {tuple(presets)}, got {preset!r}")
-    samples = np.ascontiguousarray(calibration, dtype=np.float32)
-    if samples.ndim not in (4, 5) or len(samples) < 1:
-        raise ValueError(
-            f"calibration: expected (n, C, *spatial) with n >= 1, got shape {samples.shape}"
-        )
+    samples = _batch("calibration", calibration)
+    if not 0.0 <= max_drop < 1.0:
+        raise ValueError(f"quantize_nncf: max_drop must be in [0, 1), got {max_drop}")
+    if max_drop > 0 and validation is None:
+        raise ValueError("quantize_nncf: max_drop > 0 needs validation (inputs, targets)")
     ov = _openvino()
     model = _read_onnx(onnx_path)
     nncf.set_log_level(logging.ERROR)
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset([s[None] for s in samples]),
-        preset=presets[preset],
-        subset_size=len(samples),
-    )
+    calibration_set = nncf.Dataset([s[None] for s in samples])
+    if max_drop > 0:
+        assert validation is not None
+        images = _batch("validation inputs", validation[0])
+        targets = np.asarray(validation[1])
+        if targets.shape[0] != images.shape[0] or targets.shape[2:] != images.shape[2:]:
+            raise ValueError(
+                f"validation: targets {targets.shape} do not match inputs {images.shape}"
+            )
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            calibration_set,
+            nncf.Dataset(list(zip(images[:, None], targets[:, None], strict=True))),
+            validation_dice,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            preset=presets[preset],
+            subset_size=len(samples),
+        )
+    else:
+        quantized = nncf.quantize(
+            model, calibration_set, preset=presets[preset], subset_size=len(samples)
+        )
     with _atomic_ir(xml) as tmp:
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)
     return Path(xml)
+
+
+def _batch(name: str, samples: np.ndarray) -> np.ndarray:
+    out = np.ascontiguousarray(samples, dtype=np.float32)
+    if out.ndim not in (4, 5) or len(out) < 1:
+        raise ValueError(f"{name}: expected (n, C, *spatial) with n >= 1, got shape {out.shape}")
+    return out
+
+
+def validation_dice(compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean Dice over samples and regions at logit 0 (probability 0.5) of a compiled model on
+    ``(input (1, C, *spatial), target (1, 3, *spatial))`` items: the metric NNCF's accuracy
+    control keeps within ``max_drop``."""
+    scores = []
+    for image, target in items:
+        logits = np.asarray(compiled(image)[0])
+        scores.extend(dice(logits[0, r] > 0, target[0, r] > 0.5) for r in range(target.shape[1]))
+    return float(np.mean(scores))
 
 
 def compile_ir(

@@ -67,7 +67,7 @@ from compress.threshold import search_thresholds
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.components import as_min_components
 from unet.data.canonical import CanonicalDataset
-from unet.data.datasets import sample_inputs
+from unet.data.datasets import sample_inputs, sample_pairs
 from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabilities
 from unet.inference import DEFAULT_PATCH_3D, Forward, round_up
 from unet.io import write_text_atomic
@@ -292,22 +292,22 @@ def compress_checkpoint(
             ),
         )
 
-        def calibration() -> Any:
-            return sample_inputs(
-                data,
-                "train",
-                recipe.calibration_samples,
-                cfg.spatial_dims,
-                patch_size,
-                seed,
-                divisor=cfg.divisor,
-            )
+        def draw(split: str) -> tuple[Any, Any]:  # int8 calibration (train) / accuracy control (val)
+            n, dims = recipe.calibration_samples, cfg.spatial_dims
+            return sample_pairs(data, split, n, dims, patch_size, seed, divisor=cfg.divisor)
 
         if onnx_path is None:  # openvino: the IR; torch: the checkpoint (below)
             if recipe.runtime == "openvino":
-                write_ir(recipe.precision, fp32_onnx, artifact, calibration)
+                write_ir(
+                    recipe.precision,
+                    fp32_onnx,
+                    artifact,
+                    lambda: draw("train")[0],
+                    max_drop=recipe.int8_max_drop,
+                    validation=lambda: draw("val"),
+                )
         elif recipe.precision == "int8":
-            quantize_int8(fp32_onnx, onnx_path, calibration(), recipe.calibration)
+            quantize_int8(fp32_onnx, onnx_path, draw("train")[0], recipe.calibration)
         elif recipe.precision == "fp16":
             onnx_to_fp16(fp32_onnx, onnx_path)
         else:

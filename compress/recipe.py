@@ -32,6 +32,7 @@ MAX_DISTILL_TEMPERATURE = 20.0
 MAX_REGULARIZE_STEPS = 100_000
 MAX_REGULARIZE_STRENGTH = 1.0
 _FLOAT_FIELDS = (
+    "int8_max_drop",
     "ratio",
     "finetune_lr",
     "distill_weight",
@@ -67,6 +68,9 @@ class Recipe:
     * ``runtime``: the deployment runtime the artifact is built for: ``ort`` (ONNX file; int8 =
       ORT static QDQ), ``openvino`` (IR ``model.xml``/``.bin``; int8 = NNCF, bf16 = OpenVINO's
       bf16 inference) or ``torch`` (the checkpoint; fp32/fp16/bf16, no int8).
+    * ``int8_max_drop``: OpenVINO int8 only: NNCF's accuracy control keeps the int8 model's Dice
+      on ``calibration_samples`` val samples within this absolute drop of the fp32 model's,
+      reverting operators to f32 (0 = off: plain NNCF PTQ; `compress.openvino.quantize_nncf`).
     """
 
     prune: str = "none"
@@ -86,6 +90,7 @@ class Recipe:
     regularize_steps: int = 0
     regularize_strength: float = 1e-3
     runtime: str = "ort"
+    int8_max_drop: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_ratios", tuple(float(r) for r in self.level_ratios))
@@ -123,6 +128,12 @@ class Recipe:
                 f"recipe: finetune_lr must be a positive number, got {self.finetune_lr}"
             )
         _integer("calibration_samples", self.calibration_samples, 1)
+        _number("int8_max_drop", self.int8_max_drop, 0.0, 0.5)
+        if self.int8_max_drop > 0 and (self.precision, self.runtime) != ("int8", "openvino"):
+            raise ValueError(
+                "recipe: int8_max_drop (NNCF accuracy control) needs precision int8 and runtime "
+                f"openvino, not {self.precision} on {self.runtime}"
+            )
         self._validate_recovery()
 
     def _validate_recovery(self) -> None:
@@ -178,7 +189,11 @@ class Recipe:
                 f"(T{self.distill_temperature:g})" if self.distill_temperature != 1 else ""
             )
             parts.append(f"kd{self.distill_weight:g}{temperature}")
-        parts.append(f"int8({self.calibration})" if self.precision == "int8" else self.precision)
+        if self.precision == "int8":
+            control = f",ac{self.int8_max_drop:g}" if self.int8_max_drop else ""
+            parts.append(f"int8({self.calibration}{control})")
+        else:
+            parts.append(self.precision)
         parts.append(self.threshold)
         if self.components == "search":
             parts.append("cc")

@@ -105,6 +105,20 @@ def test_nncf_int8_stays_close(tmp_path: Path, name: str, spatial: tuple) -> Non
         (lambda d: cov.onnx_to_ir(d / "m.onnx", d / "m.ir"), ValueError),
         (lambda d: cov.onnx_to_ir(d / "m.onnx", d / "m.xml", "int8"), ValueError),
         (lambda d: cov.quantize_nncf(d / "m.onnx", d / "m.xml", np.zeros((4, 4))), ValueError),
+        (  # accuracy control without validation samples
+            lambda d: cov.quantize_nncf(d / "m.onnx", d / "m.xml", _inputs(2, (8, 8)), max_drop=0.1),
+            ValueError,
+        ),
+        (  # validation targets of other samples
+            lambda d: cov.quantize_nncf(
+                d / "m.onnx",
+                d / "m.xml",
+                _inputs(2, (8, 8)),
+                validation=(_inputs(2, (8, 8)), np.zeros((3, 3, 8, 8))),
+                max_drop=0.1,
+            ),
+            ValueError,
+        ),
         (lambda d: cov.compile_ir(d / "m.onnx.bad", "fp32"), FileNotFoundError),
     ],
 )
@@ -113,3 +127,46 @@ def test_bad_input_writes_nothing(tmp_path: Path, make, error: type) -> None:
     with pytest.raises(error):
         make(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_validation_dice_is_the_mean_over_samples_and_regions() -> None:
+    """`validation_dice` (the metric NNCF's accuracy control holds) on a fake compiled model
+    whose logits are the input's first three channels: Dice computed by hand."""
+    target = np.zeros((2, 1, 3, 4, 4), dtype=np.float32)
+    target[0, 0, :, :2, :] = 1  # every region: the top half (8 pixels)
+    image = np.full((2, 1, 4, 4, 4), -1.0, dtype=np.float32)
+    image[0, 0, 0, :2, :] = 1.0  # WT exact -> 1
+    image[0, 0, 1, :1, :] = 1.0  # TC: 4 of 8 -> 2*4/12
+    image[1, 0, 2, 0, 0] = 1.0  # sample 2: WT, TC empty-empty -> 1; ET one false voxel -> 0
+    got = cov.validation_dice(lambda x: [x[:, :3]], zip(image, target, strict=True))
+    assert got == pytest.approx((1 + 8 / 12 + 0 + 1 + 1 + 0) / 6)
+
+
+@needs_ov
+def test_accuracy_control_keeps_the_val_dice_within_max_drop(tmp_path: Path) -> None:
+    """Targets are the fp32 model's own masks (fp32 Dice 1): plain NNCF int8 of a random model
+    whose logits sit around 0 flips many of them; accuracy control must end within ``max_drop``
+    of 1."""
+    torch.manual_seed(0)
+    model = zoo.create("unet2d-tiny").eval()
+    images = _inputs(8, (32, 32), seed=3)
+    with torch.no_grad():  # centre the logits on 0: half the pixels per region are positive
+        logits = model(torch.from_numpy(images))
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        head.bias -= logits.transpose(0, 1).flatten(1).median(dim=1).values
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    fp32 = cov.ov_forward(cov.compile_ir(cov.onnx_to_ir(onnx_path, tmp_path / "f.xml")))
+    targets = (fp32(images) > 0).astype(np.float32)
+    items = list(zip(images[:, None], targets[:, None], strict=True))
+
+    def dice_of(xml: Path) -> float:
+        compiled = cov.compile_ir(xml, "int8", threads=1)
+        return cov.validation_dice(lambda x: [cov.ov_forward(compiled)(x)], items)
+
+    plain = dice_of(cov.quantize_nncf(onnx_path, tmp_path / "p.xml", _inputs(6, (32, 32))))
+    xml = cov.quantize_nncf(
+        onnx_path, tmp_path / "ac.xml", _inputs(6, (32, 32)), validation=(images, targets),
+        max_drop=0.002,
+    )  # fmt: skip
+    assert dice_of(xml) >= 1 - 0.002 - 1e-6
+    assert plain < 1 - 0.002  # the control had something to do

@@ -44,6 +44,10 @@ RECIPES = [
         Recipe(**S50, threshold="per-region", components="search", precision="int8"),
         "structured0.50/r8+ft20+int8(minmax)+per-region+cc",
     ),
+    (
+        Recipe(**S50, precision="int8", runtime="openvino", int8_max_drop=0.01),
+        "structured0.50/r8+ft20+int8(minmax,ac0.01)+global@openvino",
+    ),
 ]
 
 
@@ -95,6 +99,20 @@ def test_integers_and_floats_from_json_make_the_same_recipe() -> None:
             "regularize_steps only apply to structured/pairs",
         ),
         ({"regularize_strength": 0.01}, "regularize_strength only applies"),
+        (
+            {"int8_max_drop": 0.01},
+            "int8_max_drop \\(NNCF accuracy control\\) needs precision int8 and runtime "
+            "openvino, not fp32 on ort",
+        ),
+        (
+            {"precision": "int8", "int8_max_drop": 0.01},
+            "int8_max_drop .* not int8 on ort",
+        ),
+        (
+            {"precision": "int8", "runtime": "openvino", "int8_max_drop": -0.01},
+            "int8_max_drop must be a number in \\[0, 0.5\\], got -0.01",
+        ),
+        ({"int8_max_drop": "0.01"}, "int8_max_drop must be a number"),
     ],
 )
 def test_bad_recovery_fields_name_the_field(fields: dict[str, Any], message: str) -> None:

@@ -73,12 +73,18 @@ def test_recipe_label_names_the_runtime() -> None:
 
 @needs_ov
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["int8"])  # fp32 parity: test_openvino.py
+@pytest.mark.parametrize("max_drop", [0.0, 0.05])  # fp32 parity: test_openvino.py
 def test_openvino_recipe_end_to_end(
-    tmp_path: Path, baseline: Path, blob_data: Path, precision: str
+    tmp_path: Path, baseline: Path, blob_data: Path, max_drop: float
 ) -> None:
+    precision = "int8"
     recipe = Recipe(
-        prune="structured", ratio=0.25, precision=precision, runtime="openvino", threshold="fixed"
+        prune="structured",
+        ratio=0.25,
+        precision=precision,
+        runtime="openvino",
+        threshold="fixed",
+        int8_max_drop=max_drop,
     )
     result = compress_checkpoint(baseline, blob_data, recipe, tmp_path, threads=1)
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -101,6 +107,7 @@ def test_openvino_recipe_end_to_end(
 
     model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["runtime"] == "openvino" and meta["precision"] == precision
+    assert Recipe.from_json(tmp_path / "recipe.json").int8_max_drop == max_drop
     forward = cov.ov_forward(cov.compile_ir(xml, precision, threads=1))
     again = evaluate_model(forward, blob_data, "val", hd95=False, spatial_dims=2, divisor=4)
     assert again["mean"]["dice"]["mean"] == pytest.approx(c["val_dice"]["mean"], abs=1e-6)
@@ -126,6 +133,14 @@ def test_ort_recipe_stores_paired_speedups(tmp_path: Path, baseline: Path, blob_
         (["--runtime", "tensorrt"], "invalid choice: 'tensorrt'"),
         (["--runtime", "torch", "--precision", "int8"], "int8 needs runtime ort or openvino"),
         (["--round-to", "eight"], "--round-to must be an integer or 'auto', got 'eight'"),
+        (
+            ["--precision", "int8", "--int8-max-drop", "0.01"],
+            "int8_max_drop (NNCF accuracy control) needs precision int8 and runtime openvino",
+        ),
+        (
+            ["--precision", "int8", "--runtime", "openvino", "--int8-max-drop", "0.9"],
+            "int8_max_drop must be a number in [0, 0.5], got 0.9",
+        ),
     ],
 )
 def test_cli_bad_runtime_flags(

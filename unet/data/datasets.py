@@ -301,6 +301,21 @@ def sample_inputs(
     (tumour slices / foreground-centred patches with probability 0.5). Meant for int8
     calibration and similar statistics.
     """
+    return sample_pairs(data, split, n, spatial_dims, patch_size, seed, divisor=divisor)[0]
+
+
+def sample_pairs(
+    data: CanonicalDataset | str | os.PathLike[str],
+    split: str = "train",
+    n: int = 32,
+    spatial_dims: int = 2,
+    patch_size: Sequence[int] | None = None,
+    seed: int = 0,
+    *,
+    divisor: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs of `sample_inputs` with their targets: float32 ``(n, 4, *spatial)`` and
+    ``(n, 3, *spatial)`` region masks (WT, TC, ET) of the same slices / patches."""
     if n < 1:
         raise ValueError(f"sample_inputs: n must be >= 1, got {n}")
     dataset: SliceDataset | PatchDataset
@@ -319,4 +334,8 @@ def sample_inputs(
         )
     else:
         raise ValueError(f"sample_inputs: spatial_dims must be 2 or 3, got {spatial_dims}")
-    return np.stack([dataset[i][0].numpy() for i in range(n)])
+    items = [dataset[i] for i in range(n)]
+    return (
+        np.stack([x.numpy() for x, _ in items]),
+        np.stack([y.numpy().astype(np.float32) for _, y in items]),
+    )

@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from unet.data.canonical import CanonicalDataset, CanonicalWriter, DataError, regions_from_label
-from unet.data.datasets import DrawSampler, PatchDataset, SliceDataset, sample_inputs
+from unet.data.datasets import (
+    DrawSampler,
+    PatchDataset,
+    SliceDataset,
+    sample_inputs,
+    sample_pairs,
+)
 
 SHAPE = (12, 32, 32)
 
@@ -286,3 +292,17 @@ def test_sample_inputs_2d_and_3d(data):
     assert v.shape == (3, 4, 8, 16, 16) and v.dtype == np.float32
     with pytest.raises(ValueError, match="spatial_dims"):
         sample_inputs(data, n=2, spatial_dims=1)
+
+
+def test_sample_pairs_are_the_inputs_with_their_region_masks(data):
+    x, y = sample_pairs(data, "val", n=5, spatial_dims=2, seed=2)
+    np.testing.assert_array_equal(x, sample_inputs(data, "val", n=5, spatial_dims=2, seed=2))
+    assert y.shape == (5, 3, 32, 32) and y.dtype == np.float32
+    found = 0
+    for sid in data.split("val"):  # each target is the region mask of the slice its input is
+        image, regions = data.image(sid), regions_from_label(data.label(sid))
+        for i, z in np.argwhere([[np.array_equal(s, image[:, z]) for z in range(image.shape[1])]
+                                 for s in x]):  # fmt: skip
+            np.testing.assert_array_equal(y[i], regions[:, z])
+            found += 1
+    assert found >= 5 and y[:, 0].sum() > 0  # some slices show tumour
