@@ -25,7 +25,7 @@ def finetune(
     steps: int,
     *,
     lr: float = 5e-4,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     keep_zeros: bool = False,
     extra_loss: ExtraLoss | None = None,
     patch_size: Sequence[int] | None = None,
@@ -36,6 +36,7 @@ def finetune(
     """Fine-tune ``model`` in place for ``steps`` optimizer steps (0: unchanged) and return it.
 
     ``keep_zeros=True`` keeps every currently-zero conv weight at zero (unstructured pruning).
+    ``batch_size`` None: the model's training batch size (16 slices in 2D, 2 patches in 3D).
     The model is left in eval mode.
     """
     if steps < 0:

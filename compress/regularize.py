@@ -51,6 +51,7 @@ from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import as_dataset
 from unet.io import file_sha256, write_text_atomic
 from unet.models import UNet
+from unet.train_loop import default_batch_size
 
 CACHE_VERSION = 1  # bump when the regularisation changes, so old cache entries are not reused
 
@@ -63,7 +64,7 @@ def regularize(
     strength: float,
     lr: float = 5e-4,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     patch_size: Sequence[int] | None = None,
     device: str = "cpu",
     progress: bool = False,
@@ -184,7 +185,7 @@ def ensure_regularized(
     seed: int = 0,
     *,
     lr: float = 5e-4,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str = "cpu",
     progress: bool = False,
 ) -> Path:
@@ -194,6 +195,8 @@ def ensure_regularized(
     plus ``meta["regularized"]`` = the settings); ``<key>.done`` beside it marks it complete.
     """
     data = as_dataset(data)
+    if batch_size is None:  # the training batch of the baseline's dimensionality
+        batch_size = default_batch_size(load_checkpoint(baseline)[0].config.spatial_dims)
     settings = cache_settings(
         baseline, data, steps=steps, strength=strength, lr=lr, seed=seed, batch_size=batch_size
     )

@@ -47,6 +47,12 @@ DIMS_DEFAULTS: dict[int, dict[str, Any]] = {
     3: {"steps": 1200, "batch_size": 2, "val_every": 200, "patch_size": DEFAULT_PATCH_3D},
 }
 
+def default_batch_size(spatial_dims: int) -> int:
+    """The training batch size of a model of this dimensionality (`DIMS_DEFAULTS`): 16 slices
+    in 2D, 2 patches in 3D; `fit` (and so every fine-tune) uses it unless told otherwise."""
+    return int(DIMS_DEFAULTS[spatial_dims]["batch_size"])
+
+
 # Fields that may differ between a run and its resumption (they do not change the result).
 RUNTIME_FIELDS = ("data", "device", "num_workers", "progress", "resume")
 
@@ -336,7 +342,7 @@ def fit(
     data: CanonicalDataset | str | os.PathLike[str],
     *,
     steps: int,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
@@ -361,12 +367,15 @@ def fit(
     pruned model. ``after_step(model)`` runs after every optimizer step (e.g. to re-apply
     pruning masks); ``extra_loss(image, logits)`` is added to the BCE + Dice loss of every
     step (e.g. a distillation term; its gradient reaches the model through ``logits``). 3D
-    models train on patches of ``patch_size`` (default 64^3). Returns the model in eval mode
-    on ``device`` (``steps=0``: returned untouched).
+    models train on patches of ``patch_size`` (default 64^3). ``batch_size`` None: the
+    training default of the model's dimensionality (`default_batch_size`: 16 in 2D, 2 in 3D).
+    Returns the model in eval mode on ``device`` (``steps=0``: returned untouched).
     """
     if steps == 0:
         return model
     dims = model.config.spatial_dims
+    if batch_size is None:
+        batch_size = default_batch_size(dims)
     if dims == 3 and patch_size is None:
         patch_size = DEFAULT_PATCH_3D
     dev = check_options(

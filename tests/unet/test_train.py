@@ -203,6 +203,27 @@ def test_fit_calls_after_step_every_step_and_masks_stay_applied(blobs):
     assert "head.weight" in changed and "decoders.0.convs.1.0.weight" in changed
 
 
+def test_fit_and_finetune_batch_follows_the_dimensionality(blobs, monkeypatch):
+    """Without a batch size, a fine-tune uses the model's training batch: 16 slices in 2D, 2
+    patches of 64^3 in 3D (not 16 patches: 8x the training cost per step)."""
+    from compress.finetune import finetune
+    from unet import train_loop
+
+    seen = []
+
+    class Spy(train_loop.TrainLoop):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["batch_size"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "TrainLoop", Spy)
+    fit(zoo.create("unet2d-tiny"), blobs, steps=1)
+    fit(zoo.create("unet3d-tiny"), blobs, steps=1, patch_size=(8, 16, 16))
+    finetune(zoo.create("unet3d-tiny"), blobs, 1, patch_size=(8, 16, 16))
+    fit(zoo.create("unet3d-tiny"), blobs, steps=1, batch_size=3, patch_size=(8, 16, 16))
+    assert seen == [16, 2, 2, 3]
+
+
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_fit_3d_patches(blobs, amp):
     torch.manual_seed(0)
