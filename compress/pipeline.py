@@ -292,7 +292,7 @@ def compress_checkpoint(
             ),
         )
 
-        def draw(split: str) -> tuple[Any, Any]:  # int8 calibration (train) / accuracy control (val)
+        def draw(split: str) -> tuple[Any, Any]:  # int8 calibration / accuracy control
             n, dims = recipe.calibration_samples, cfg.spatial_dims
             return sample_pairs(data, split, n, dims, patch_size, seed, divisor=cfg.divisor)
 

@@ -47,6 +47,7 @@ DIMS_DEFAULTS: dict[int, dict[str, Any]] = {
     3: {"steps": 1200, "batch_size": 2, "val_every": 200, "patch_size": DEFAULT_PATCH_3D},
 }
 
+
 def default_batch_size(spatial_dims: int) -> int:
     """The training batch size of a model of this dimensionality (`DIMS_DEFAULTS`): 16 slices
     in 2D, 2 patches in 3D; `fit` (and so every fine-tune) uses it unless told otherwise."""

@@ -106,7 +106,9 @@ def test_nncf_int8_stays_close(tmp_path: Path, name: str, spatial: tuple) -> Non
         (lambda d: cov.onnx_to_ir(d / "m.onnx", d / "m.xml", "int8"), ValueError),
         (lambda d: cov.quantize_nncf(d / "m.onnx", d / "m.xml", np.zeros((4, 4))), ValueError),
         (  # accuracy control without validation samples
-            lambda d: cov.quantize_nncf(d / "m.onnx", d / "m.xml", _inputs(2, (8, 8)), max_drop=0.1),
+            lambda d: cov.quantize_nncf(
+                d / "m.onnx", d / "m.xml", _inputs(2, (8, 8)), max_drop=0.1
+            ),
             ValueError,
         ),
         (  # validation targets of other samples
@@ -160,8 +162,8 @@ def test_accuracy_control_keeps_the_val_dice_within_max_drop(tmp_path: Path) -> 
     items = list(zip(images[:, None], targets[:, None], strict=True))
 
     def dice_of(xml: Path) -> float:
-        compiled = cov.compile_ir(xml, "int8", threads=1)
-        return cov.validation_dice(lambda x: [cov.ov_forward(compiled)(x)], items)
+        forward = cov.ov_forward(cov.compile_ir(xml, "int8", threads=1))
+        return cov.validation_dice(lambda x: [forward(x)], items)
 
     plain = dice_of(cov.quantize_nncf(onnx_path, tmp_path / "p.xml", _inputs(6, (32, 32))))
     xml = cov.quantize_nncf(
