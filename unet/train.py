@@ -18,8 +18,9 @@ A run writes three files next to ``--out``:
   step and ends with the same weights as an uninterrupted run,
 * ``<out stem>.jsonl``: one JSON line per log interval (loss, lr, samples/s) and validation.
 
-2D models train on random axial slices (tumour slices oversampled), 3D models on random
-patches (tumour-centred with the same probability). The optimizer is AdamW with a linear
+2D models train on random axial slices (tumour slices oversampled) or, with ``--patch-size H
+W``, on crops of them (centred on a tumour pixel for tumour slices; validation stays on whole
+slices), 3D models on random patches (tumour-centred with the same probability). The optimizer is AdamW with a linear
 warm-up and cosine decay of the learning rate. Batches are a pure function of
 ``(seed, draw number)`` (`unet.data.datasets`), so resuming needs no sampler state beyond
 the step. ``--amp bf16`` uses bfloat16 autocast (CPU or CUDA); ``--amp fp16`` uses float16
@@ -329,11 +330,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patch-size",
         type=int,
-        nargs=3,
-        metavar=("D", "H", "W"),
+        nargs="+",
+        metavar="N",
         default=d.patch_size,
-        help="3D models only: training patch and validation sliding window; None: "
-        + " ".join(map(str, DIMS_DEFAULTS[3]["patch_size"])),
+        help="3D: D H W of the training patches and the validation sliding window (None: "
+        + " ".join(map(str, DIMS_DEFAULTS[3]["patch_size"]))
+        + "); 2D: H W of tumour-centred training crops (None: whole slices; validation is "
+        "always on whole slices)",
     )
     p.add_argument(
         "--tumour-fraction",

@@ -119,13 +119,14 @@ def check_options(
         "fp16 autocast needs a CUDA device (on the CPU it is ~70x slower than fp32); "
         "use bf16 or off",
     )
-    if spatial_dims == 2:
-        _check(patch_size is None, "patch_size", "is for 3D models only (2D trains on slices)")
-    else:
+    if patch_size is not None or spatial_dims == 3:
         _check(
-            patch_size is not None and len(patch_size) == 3 and min(patch_size) >= 1,
+            patch_size is not None
+            and len(patch_size) == spatial_dims
+            and min(patch_size) >= 1,
             "patch_size",
-            f"must be three positive ints (D H W), got {patch_size}",
+            f"must be {spatial_dims} positive ints ({'D H W' if spatial_dims == 3 else 'H W'}) "
+            f"for a {spatial_dims}D model, got {None if patch_size is None else tuple(patch_size)}",
         )
         assert patch_size is not None
         _check(
@@ -201,6 +202,7 @@ class TrainLoop:
                 seed=seed,
                 augment=augment,
                 divisor=model.config.divisor,
+                patch_size=patch_size,
             )
         else:
             self.dataset = PatchDataset(
@@ -368,7 +370,8 @@ def fit(
     pruned model. ``after_step(model)`` runs after every optimizer step (e.g. to re-apply
     pruning masks); ``extra_loss(image, logits)`` is added to the BCE + Dice loss of every
     step (e.g. a distillation term; its gradient reaches the model through ``logits``). 3D
-    models train on patches of ``patch_size`` (default 64^3). ``batch_size`` None: the
+    models train on patches of ``patch_size`` (default 64^3); 2D models on whole slices, or
+    on ``(H, W)`` tumour-centred crops when ``patch_size`` is given. ``batch_size`` None: the
     training default of the model's dimensionality (`default_batch_size`: 16 in 2D, 2 in 3D).
     Returns the model in eval mode on ``device`` (``steps=0``: returned untouched).
     """

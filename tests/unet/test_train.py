@@ -103,9 +103,10 @@ def tiny_config(data: CanonicalDataset, out: Path, **overrides) -> TrainConfig:
         ({"num_workers": -1}, "num_workers", ">= 0"),
         ({"val_every": 0}, "val_every", ">= 1"),
         ({"log_every": 0}, "log_every", ">= 1"),
-        ({"patch_size": (16, 16, 16)}, "patch_size", "3D models only"),
+        ({"patch_size": (16, 16, 16)}, "patch_size", "2 positive ints \\(H W\\) for a 2D"),
+        ({"patch_size": (16, 12)}, "patch_size", "divisible by"),
         ({"model": "unet3d-tiny", "patch_size": (16, 18, 16)}, "patch_size", "divisible by"),
-        ({"model": "unet3d-tiny", "patch_size": (16, 16)}, "patch_size", "three positive"),
+        ({"model": "unet3d-tiny", "patch_size": (16, 16)}, "patch_size", "3 positive ints"),
         ({"out": "run.ckpt"}, "out", ".pt"),
     ],
 )
@@ -326,6 +327,26 @@ def test_resuming_a_finished_run_is_a_no_op(blobs, tmp_path):
     summary = train(dataclasses.replace(cfg, resume=True))
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 4
     assert {k: p.read_bytes() for k, p in paths.items()} == before
+
+
+def test_train_2d_on_crops_validates_on_whole_slices(blobs, tmp_path, monkeypatch):
+    """``patch_size`` (H, W) in 2D: every training batch is crops, validation sees whole
+    slices, and the crop size is recorded (fine-tunes of the checkpoint reuse it)."""
+    from unet import train_loop
+
+    shapes = []
+    step = train_loop.TrainLoop.train_step
+
+    def spy(self):
+        shapes.append(tuple(self.dataset[self.step][0].shape))
+        return step(self)
+
+    monkeypatch.setattr(train_loop.TrainLoop, "train_step", spy)
+    summary = train(tiny_config(blobs, tmp_path / "c.pt", steps=2, val_every=2, patch_size=(16, 8)))
+    _, meta = load_checkpoint(summary["out"])
+    assert meta["patch_size"] == [16, 8] and meta["train_config"]["patch_size"] == [16, 8]
+    assert shapes and all(s == (4, 16, 8) for s in shapes)
+    assert summary["best_val"]["dice"]["mean"] >= 0.0
 
 
 def test_train_3d_validates_with_sliding_windows(blobs, tmp_path):

@@ -74,6 +74,24 @@ def _augment(
     return image, target
 
 
+def window_start(
+    rng: np.random.Generator,
+    patch: Sequence[int],
+    shape: Sequence[int],
+    centre: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """Start of a ``patch``-sized window inside an array of ``shape`` (each ``patch <= shape``).
+
+    With ``centre``: the window centred on it, shifted only as far as needed to stay inside
+    (so ``centre`` is always in the window); without: a uniformly random position.
+    """
+    if centre is None:
+        return tuple(int(rng.integers(n - p + 1)) for p, n in zip(patch, shape, strict=True))
+    return tuple(
+        int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, shape, strict=True)
+    )
+
+
 def _to_tensors(image: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
@@ -115,6 +133,12 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             `unet.inference`) to a common ``(H, W)``: the largest in-plane size among
             ``subjects`` rounded up to a multiple of ``divisor`` (pass
             ``model.config.divisor``). Padding is done here, not by the trainer.
+        patch_size: ``(H, W)`` crops instead of whole slices (None: whole slices). A draw
+            from the tumour slices is centred on one pixel of a tumour label (a label value
+            picked uniformly among those in the slice, then a pixel of it), shifted only as
+            far as needed to stay inside the padded slice; other draws are cropped at a
+            uniformly random position. Slices smaller than the crop are zero-padded first.
+            Crops make a training step ~5x cheaper for ``unet2d-small`` (64x64 vs 128x128).
 
     The index of tumour slices is built once, reading every label volume once.
     """
@@ -128,11 +152,15 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         seed: int = 0,
         augment: bool = True,
         divisor: int = 1,
+        patch_size: Sequence[int] | None = None,
     ) -> None:
         if tumour_fraction is not None and not 0.0 <= tumour_fraction <= 1.0:
             raise ValueError(f"tumour_fraction must be in [0, 1] or None, got {tumour_fraction}")
         if divisor < 1:
             raise ValueError(f"divisor must be >= 1, got {divisor}")
+        if patch_size is not None and (len(patch_size) != 2 or min(patch_size) < 1):
+            raise ValueError(f"patch_size must be two positive ints (H, W), got {patch_size}")
+        self.patch_size = None if patch_size is None else (int(patch_size[0]), int(patch_size[1]))
         self.data = as_dataset(data)
         self.subjects = resolve_subjects(self.data, subjects)
         self.tumour_fraction = tumour_fraction
@@ -152,6 +180,11 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.has_tumour = np.asarray(tumour, dtype=bool)
         self._pools = (np.flatnonzero(self.has_tumour), np.flatnonzero(~self.has_tumour))
         self.spatial_shape = (round_up(height, divisor), round_up(width, divisor))
+        if self.patch_size is not None:
+            self.spatial_shape = (
+                max(self.spatial_shape[0], self.patch_size[0]),
+                max(self.spatial_shape[1], self.patch_size[1]),
+            )
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -164,14 +197,32 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         pool = tumour if rng.random() < self.tumour_fraction else clear
         return int(pool[rng.integers(len(pool))])
 
+    def _crop(
+        self, rng: np.random.Generator, image: np.ndarray, label: np.ndarray, row: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``patch_size`` window of a padded slice (tumour-centred for tumour draws)."""
+        assert self.patch_size is not None
+        centre = None
+        if self.tumour_fraction is not None and self.has_tumour[row]:
+            values = [v for v in LABELS[1:] if np.any(label == v)]
+            where = np.argwhere(label == values[rng.integers(len(values))])
+            centre = where[rng.integers(len(where))]
+        top, left = window_start(rng, self.patch_size, label.shape, centre)
+        window = (slice(top, top + self.patch_size[0]), slice(left, left + self.patch_size[1]))
+        return image[(slice(None), *window)], label[window]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index < 0:
             raise IndexError(f"draw index must be >= 0, got {index}")
         rng = np.random.default_rng((self.seed, int(index)))
-        s, z = self.slices[self.pick(rng)]
+        row = self.pick(rng)
+        s, z = self.slices[row]
         sid = self.subjects[s]
         image = pad_to(self.data.image(sid, index=int(z)), self.spatial_shape)
-        target = pad_to(regions_from_label(self.data.label(sid, index=int(z))), self.spatial_shape)
+        label = pad_to(self.data.label(sid, index=int(z)), self.spatial_shape)
+        if self.patch_size is not None:
+            image, label = self._crop(rng, image, label, row)
+        target = regions_from_label(label)
         if self.augment:
             image, target = _augment(rng, image, target, axes=(1, 2))
         return _to_tensors(image, target)
@@ -251,16 +302,9 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             values = sorted(positions)
             where = positions[values[rng.integers(len(values))]]
             centre = where[rng.integers(len(where))]
-            start = tuple(
-                int(np.clip(c - p // 2, 0, n - p))
-                for c, p, n in zip(centre, self.patch_size, self._padded[s], strict=True)
-            )
-            return s, start
+            return s, window_start(rng, self.patch_size, self._padded[s], centre)
         s = int(rng.integers(len(self.subjects)))
-        start = tuple(
-            int(rng.integers(n - p + 1))
-            for p, n in zip(self.patch_size, self._padded[s], strict=True)
-        )
+        start = window_start(rng, self.patch_size, self._padded[s])
         return s, start
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ from unet.data.datasets import (
     SliceDataset,
     sample_inputs,
     sample_pairs,
+    window_start,
 )
 
 SHAPE = (12, 32, 32)
@@ -180,6 +181,8 @@ def test_slice_dataloader_workers_give_the_same_batches(data):
     [
         ({"tumour_fraction": 1.5}, ValueError, "tumour_fraction"),
         ({"divisor": 0}, ValueError, "divisor"),
+        ({"patch_size": (8, 8, 8)}, ValueError, "patch_size"),
+        ({"patch_size": (0, 8)}, ValueError, "patch_size"),
         ({"subjects": ["nope"]}, DataError, "nope"),
         ({"subjects": []}, DataError, "no labelled subjects"),
     ],
@@ -196,6 +199,75 @@ def test_unlabelled_subject_refused(tmp_path):
         w.add("b", np.ones((4, 2, 8, 8), np.float32), np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(DataError, match="without a label"):
         SliceDataset(tmp_path / "u.h5", ["a", "b"])
+
+
+def test_slice_crops_shape_and_determinism(data):
+    ds = SliceDataset(data, "train", patch_size=(16, 8))
+    image, target = ds[0]
+    assert image.shape == (4, 16, 8) and target.shape == (3, 16, 8)
+    again = SliceDataset(data.path, "train", patch_size=(16, 8))
+    for i in (7, 3):
+        assert torch.equal(ds[i][0], again[i][0]) and torch.equal(ds[i][1], again[i][1])
+
+
+def test_slice_crops_of_tumour_draws_are_centred_on_tumour(data):
+    """Tumour draws always keep tumour in a crop that is far smaller than the slice; clear
+    draws never show any; a 1x1 crop is its centre: tumour labels are hit about equally."""
+    ds = SliceDataset(data, "train", tumour_fraction=1.0, patch_size=(4, 4))
+    assert all(ds[i][1][0].any() for i in range(60))
+    ds = SliceDataset(data, "train", tumour_fraction=0.0, patch_size=(4, 4))
+    assert not any(ds[i][1].any() for i in range(60))
+    ds = SliceDataset(data, "train", tumour_fraction=1.0, patch_size=(1, 1), augment=False)
+    n = 600
+    counts = {1: 0, 2: 0, 4: 0}
+    for i in range(n):
+        wt, tc, et = ds[i][1].flatten().bool().tolist()
+        counts[4 if et else 1 if tc else 2] += wt
+    assert sum(counts.values()) == n
+    # expected: a uniform tumour slice, then a uniform label among those it shows (not a
+    # uniform tumour pixel: label 1 is one voxel per ball, yet is centred in ~1 draw in 7)
+    expected = dict.fromkeys(counts, 0.0)
+    pool = np.flatnonzero(ds.has_tumour)
+    for row in pool:
+        s, z = ds.slices[row]
+        present = [v for v in (1, 2, 4) if np.any(data.label(ds.subjects[s], index=int(z)) == v)]
+        for v in present:
+            expected[v] += 1 / len(present) / len(pool)
+    for v, c in counts.items():
+        bound = 4 * math.sqrt(n * expected[v] * (1 - expected[v]))
+        assert abs(c - n * expected[v]) <= bound, (v, c, n * expected[v])
+
+
+def test_slice_crops_are_windows_of_the_padded_slice(encoded):
+    """Without augmentation a crop equals the window of the (padded) slice at the start
+    `window_start` gives; crops larger than the slice are zero-padded."""
+    ds = SliceDataset(encoded, encoded.subjects, patch_size=(8, 8), augment=False)
+    for i in range(10):
+        image, target = ds[i]
+        ramp = image[3].numpy()  # channel 3 is arange(W): the crop's columns
+        left = int(ramp[0, 0])
+        np.testing.assert_array_equal(ramp[0], np.arange(left, left + 8))
+        np.testing.assert_array_equal(image[:3].numpy(), target.numpy())
+    big = SliceDataset(encoded, encoded.subjects, patch_size=(40, 32), augment=False)
+    assert big.spatial_shape == (40, 32)
+    image, _ = big[0]
+    assert image.shape == (4, 40, 32) and not image[:, 32:].any()
+
+
+def test_window_start_keeps_the_centre_and_the_bounds():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        shape = tuple(int(n) for n in rng.integers(1, 40, size=2))
+        patch = tuple(int(rng.integers(1, n + 1)) for n in shape)
+        centre = tuple(int(rng.integers(n)) for n in shape)
+        for c in (centre, None):
+            start = window_start(rng, patch, shape, c)
+            assert all(0 <= s <= n - p for s, p, n in zip(start, patch, shape, strict=True))
+            if c is not None:
+                assert all(s <= x < s + p for s, x, p in zip(start, c, patch, strict=True))
+    # uniform starts reach both ends
+    starts = {window_start(rng, (2,), (5,))[0] for _ in range(200)}
+    assert starts == {0, 1, 2, 3}
 
 
 # ---------------------------------------------------------------- PatchDataset
