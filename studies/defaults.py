@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unet import zoo
+from unet.inference import round_up
 from unet.phantom import PHANTOM_VERSION, PhantomConfig, write_phantom
 from unet.train import train
 from unet.train_config import RUNTIME_FIELDS, TrainConfig
@@ -29,16 +31,22 @@ DEFAULT_OUT = "runs/sweep"
 DEFAULT_TRIALS = 24
 # The reference of the zero-argument study must be converged: more training must not improve it
 # (a compression study against an under-trained baseline credits fine-tuning with what is really
-# extra training). It trains with early stopping on the val mean Dice: validation every
-# BASELINE_VAL_EVERY steps, stop after BASELINE_PATIENCE validations without a gain above
-# BASELINE_MIN_DELTA, at the latest at BASELINE_MAX_STEPS (the length of the cosine schedule).
-# A 750-step cap was measured not converged (trained twice as long, the same recipe gained 2-6
-# Dice points on TC and ET, paired on test; README "Benchmarks"), hence 1500: ~33 min on a 2-core
-# AVX2 CPU in fp32, a quarter of that where --amp auto finds native bf16.
+# extra training). It trains with early stopping on the val mean Dice (`unet.train`'s default
+# monitor: at per-region thresholds searched on val, so that stray voxels in tumour-free val
+# subjects do not pick the checkpoint): validation every BASELINE_VAL_EVERY steps, stop after
+# BASELINE_PATIENCE validations without a gain above BASELINE_MIN_DELTA, at the latest at
+# BASELINE_MAX_STEPS (the length of the cosine schedule). A 750-step cap was measured not
+# converged (trained twice as long, the same recipe gained 2-6 Dice points on TC and ET, paired
+# on test; README "Benchmarks"), hence 1500.
 BASELINE_MAX_STEPS = 1500
 BASELINE_VAL_EVERY = 100
 BASELINE_PATIENCE = 4
 BASELINE_MIN_DELTA = 0.002
+# 2D baselines train on tumour-centred crops of this size (validation stays on whole slices),
+# and so do the fine-tunes of every trial (they reuse the checkpoint's crop size): a step of
+# `unet2d-small` on 16 crops of 64x64 costs a fifth of one on 16 slices of 128x128 here, and
+# gave a better post-processed val Dice at the same step cap (README "Fifth measurement session").
+BASELINE_CROP_2D = (64, 64)
 
 
 def default_phantom() -> PhantomConfig:
@@ -46,9 +54,29 @@ def default_phantom() -> PhantomConfig:
     return PhantomConfig()
 
 
-def default_training(model: str, data: str, out: str, *, device: str, seed: int) -> TrainConfig:
+def baseline_crop(model: str, slice_shape: tuple[int, int]) -> tuple[int, int] | None:
+    """The training crop of a 2D baseline: `BASELINE_CROP_2D`, shrunk to the (divisor-padded)
+    slices of the data; None (whole slices) for 3D models or slices no larger than the crop."""
+    cfg = zoo.config(model)
+    if cfg.spatial_dims != 2:
+        return None
+    padded = tuple(round_up(n, cfg.divisor) for n in slice_shape)
+    crop = tuple(min(c, n) for c, n in zip(BASELINE_CROP_2D, padded, strict=True))
+    return None if crop == padded else (crop[0], crop[1])
+
+
+def default_training(
+    model: str,
+    data: str,
+    out: str,
+    *,
+    device: str,
+    seed: int,
+    patch_size: tuple[int, ...] | None = None,
+) -> TrainConfig:
     """The baseline training of the zero-argument sweep: `unet.train`'s defaults (``--amp auto``)
-    with early stopping on val (`BASELINE_PATIENCE`) and a step cap (`BASELINE_MAX_STEPS`)."""
+    with early stopping on val (`BASELINE_PATIENCE`), a step cap (`BASELINE_MAX_STEPS`) and, in
+    2D, training crops ``patch_size`` (`baseline_crop`)."""
     return TrainConfig(
         data=data,
         out=out,
@@ -59,6 +87,7 @@ def default_training(model: str, data: str, out: str, *, device: str, seed: int)
         min_delta=BASELINE_MIN_DELTA,
         device=device,
         seed=seed,
+        patch_size=patch_size,
         progress=True,
     )
 
@@ -92,8 +121,13 @@ def ensure_baseline(
     """The cached baseline checkpoint for ``model`` trained on ``data``, trained if missing."""
     from unet.data.canonical import CanonicalDataset
 
-    fingerprint = CanonicalDataset(data).fingerprint
-    probe = default_training(model, str(data), "x.pt", device=device, seed=seed).resolved()
+    dataset = CanonicalDataset(data)
+    fingerprint = dataset.fingerprint
+    shapes = [dataset.shape(sid)[1:] for sid in dataset.split("train")]
+    crop = baseline_crop(model, (max(h for h, _ in shapes), max(w for _, w in shapes)))
+    probe = default_training(
+        model, str(data), "x.pt", device=device, seed=seed, patch_size=crop
+    ).resolved()
     settings = {
         k: v
         for k, v in probe.to_dict().items()
@@ -108,7 +142,7 @@ def ensure_baseline(
 
     print(f"training the {model} baseline -> {path}", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = default_training(model, str(data), str(path), device=device, seed=seed)
+    cfg = default_training(model, str(data), str(path), device=device, seed=seed, patch_size=crop)
     summary = train(TrainConfig.from_dict({**cfg.to_dict(), "resume": True}))
     write_text_atomic(done, json.dumps(summary, indent=2))
     return path

@@ -12,7 +12,8 @@ autocast where the CPU or GPU computes bf16 natively and says which it chose.
 
 A run writes three files next to ``--out``:
 
-* ``<out>``: the best model on the validation split (volume-level mean Dice, threshold 0.5),
+* ``<out>``: the best model on the validation split (volume-level mean Dice at per-region
+  thresholds searched on val; ``--monitor fixed``: at threshold 0.5; `unet.train_monitor`),
 * ``<out stem>.last.pt``: the rolling last checkpoint, with the optimizer, scheduler, step
   and RNG states, written at every validation; ``--resume`` continues it to the same final
   step and ends with the same weights as an uninterrupted run,
@@ -44,31 +45,19 @@ from unet import zoo
 from unet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError
 from unet.data.datasets import as_dataset
-from unet.evaluate import evaluate_model
 from unet.killpoints import killpoint
 from unet.train_config import TrainConfig
 from unet.train_loop import AMP_MODES, DIMS_DEFAULTS, TrainConfigError, TrainLoop, _check
+from unet.train_monitor import (
+    MONITORS,
+    monitor_value,
+    stopping_rule,
+    val_line,
+    validation_scores,
+)
 from unet.train_run import JsonlLog, open_run, run_paths
 
 # ------------------------------------------------------------------ a full run
-
-
-def stopping_rule(cfg: TrainConfig) -> dict[str, Any]:
-    """The stopping rule of a run, as recorded in its checkpoints' ``meta["stopping"]``."""
-    rule = (
-        f"stop when {cfg.patience} validations in a row (every {cfg.val_every} steps) do not "
-        f"raise the best val mean Dice by more than {cfg.min_delta}, or at {cfg.steps} steps"
-        if cfg.patience is not None
-        else f"fixed length: {cfg.steps} steps"
-    )
-    return {
-        "rule": rule,
-        "monitor": "val mean Dice (volume level, threshold 0.5)",
-        "patience": cfg.patience,
-        "min_delta": cfg.min_delta,
-        "val_every": cfg.val_every,
-        "max_steps": cfg.steps,
-    }
 
 
 class _Validator:
@@ -114,17 +103,17 @@ class _Validator:
         """Validate ``loop.model``, save best (if improved) then last; return the log record."""
         t_val = time.perf_counter()
         model, step = loop.model, loop.step
-        val = evaluate_model(
+        val = validation_scores(
             model,
             self.data,
-            "val",
-            hd95=False,
             patch_size=self.cfg.patch_size,
             device=self.cfg.device,
-        )["mean"]
-        improved = val["dice"]["mean"] > self.best["dice"] + self.cfg.min_delta
+            tuned=self.cfg.monitor == "tuned",
+        )
+        value = monitor_value(val, self.cfg.monitor)
+        improved = value > self.best["dice"] + self.cfg.min_delta
         if improved:
-            self.best = {"dice": val["dice"]["mean"], "step": step, "metrics": val}
+            self.best = {"dice": value, "step": step, "metrics": val}
             save_checkpoint(self.paths["best"], model, self.meta(step, val))
         if self.plateaued(step):
             self.stopped = {"stopped_at_step": step, "reason": "plateau"}
@@ -148,6 +137,8 @@ class _Validator:
             "kind": "val",
             "step": step,
             "dice": val["dice"],
+            **({"tuned": val["tuned"]} if "tuned" in val else {}),
+            "monitored": value,
             "best": improved,
             "val_s": time.perf_counter() - t_val,
         }
@@ -156,7 +147,8 @@ class _Validator:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training run ``cfg``; return a summary dict.
 
-    Validates every ``val_every`` steps and at the end: the best model by val mean Dice goes
+    Validates every ``val_every`` steps and at the end: the best model by the monitored val
+    mean Dice (``monitor``: at per-region thresholds searched on val, or at 0.5) goes
     to ``cfg.out``, the rolling last checkpoint (with train state) to ``<out stem>.last.pt``.
     With ``patience`` the run stops early once val mean Dice has plateaued (`stopping_rule`,
     recorded in both checkpoints). Without ``resume``, an existing run at ``cfg.out`` is an
@@ -225,9 +217,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if step % cfg.val_every == 0 or step == cfg.steps:
                 record = validate(loop)
                 log.append(record)
-                postfix["val_dice"] = f"{record['dice']['mean']:.4f}"
+                postfix["val_dice"] = f"{record['monitored']:.4f}"
                 if bar.disable and cfg.progress:  # a log file gets one line per validation
-                    print(_val_line(cfg, record, postfix["loss"]), file=sys.stderr, flush=True)
+                    print(val_line(cfg, record, postfix["loss"]), file=sys.stderr, flush=True)
                 t_log += record["val_s"]  # keep validation time out of samples/s
             bar.set_postfix(postfix, refresh=False)
     loop.close()
@@ -246,17 +238,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "amp": validate.amp,
         "train_time_s": validate.elapsed_s,
     }
-
-
-def _val_line(cfg: TrainConfig, record: dict[str, Any], loss: str) -> str:
-    """The line a validation prints when there is no progress bar (output not a terminal)."""
-    dice = record["dice"]
-    regions = " ".join(f"{r} {dice[r]:.4f}" for r in ("WT", "TC", "ET"))
-    best = ", best so far" if record.get("best") else ""
-    return (
-        f"{cfg.model} step {record['step']}/{cfg.steps}: loss {loss}, val mean Dice "
-        f"{dice['mean']:.4f} ({regions}){best}, {record['val_s']:.0f} s"
-    )
 
 
 # ------------------------------------------------------------------ CLI
@@ -323,6 +304,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=d.min_delta,
         help="smallest val mean-Dice gain that counts as an improvement (Dice units)",
+    )
+    p.add_argument(
+        "--monitor",
+        choices=MONITORS,
+        default=d.monitor,
+        help="val mean Dice that early stopping and the best checkpoint follow: at per-region "
+        "thresholds searched on val (tuned) or at 0.5 (fixed)",
     )
     p.add_argument(
         "--log-every", type=int, default=d.log_every, help="write a JSONL train line every N steps"

@@ -22,6 +22,7 @@ from unet.train_loop import (
     _check,
     check_options,
 )
+from unet.train_monitor import MONITORS
 
 __all__ = ["RUNTIME_FIELDS", "TrainConfig", "TrainConfigError"]
 
@@ -34,7 +35,9 @@ class TrainConfig:
     per-dimensionality defaults of `DIMS_DEFAULTS` (see `resolved`). ``steps`` is the step cap
     (and the length of the cosine schedule). ``patience``: early stopping -- the run stops once
     ``patience`` validations in a row have not raised the best val mean Dice by more than
-    ``min_delta`` (None: run all ``steps``). ``amp="auto"``: bf16 autocast where the device
+    ``min_delta`` (None: run all ``steps``); ``monitor`` is the val mean Dice that early stopping
+    and the best checkpoint follow: ``"tuned"`` at per-region thresholds searched on val,
+    ``"fixed"`` at 0.5 (`unet.train_monitor`). ``amp="auto"``: bf16 autocast where the device
     computes bf16 natively, else fp32 (`unet.amp.resolve_amp`).
     """
 
@@ -53,6 +56,7 @@ class TrainConfig:
     log_every: int = 25
     patience: int | None = None
     min_delta: float = 0.0
+    monitor: str = "tuned"
     patch_size: tuple[int, int, int] | None = None
     tumour_fraction: float = 0.5
     bce_weight: float = 1.0
@@ -95,6 +99,11 @@ class TrainConfig:
             math.isfinite(cfg.min_delta) and 0 <= cfg.min_delta < 1,
             "min_delta",
             f"must be in [0, 1) (Dice units), got {cfg.min_delta}",
+        )
+        _check(
+            cfg.monitor in MONITORS,
+            "monitor",
+            f"must be one of {', '.join(MONITORS)}, got {cfg.monitor!r}",
         )
         check_options(
             **cfg.loop_options(),

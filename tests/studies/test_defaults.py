@@ -40,3 +40,17 @@ def test_baseline_trained_once_and_keyed_by_settings(
         assert defaults.ensure_baseline(tmp_path, "unet2d-tiny", blob_data) == ckpt
     monkeypatch.setattr(defaults, "BASELINE_MAX_STEPS", 6)
     assert defaults.ensure_baseline(tmp_path, "unet2d-tiny", blob_data) != ckpt
+
+
+def test_2d_baselines_train_on_crops_shrunk_to_the_data() -> None:
+    """The 2D baseline's training crop is `BASELINE_CROP_2D`, no larger than the padded slices
+    (then: whole slices, None); 3D baselines keep their patches (None here: the 3D default)."""
+    h, w = defaults.BASELINE_CROP_2D
+    assert defaults.baseline_crop("unet2d-small", (240, 240)) == (h, w)
+    assert defaults.baseline_crop("unet2d-small", (240, h - 8)) == (h, h - 8)
+    assert defaults.baseline_crop("unet2d-small", (h - 3, w - 3)) is None  # padded to (h, w)
+    assert defaults.baseline_crop("unet3d-small", (240, 240)) is None
+    cfg = defaults.default_training(
+        "unet2d-small", "d.h5", "x.pt", device="cpu", seed=0, patch_size=(h, w)
+    ).resolved()
+    assert cfg.patch_size == (h, w)

@@ -53,34 +53,34 @@ def _states(study: optuna.Study, state: TrialState) -> list:
     [
         ({"prune": "none", "precision": "fp32", "threshold": "global"}, Recipe()),
         (
-            {"prune": "unstructured", "unstructured_ratio": 0.9, "finetune_steps": 25,
+            {"prune": "unstructured", "unstructured_ratio": 0.9, "finetune_steps": 50,
              "prune_rounds": 2, "distill_weight": 1.0,
              "precision": "int8", "calibration": "entropy", "threshold": "per-region"},
-            Recipe(prune="unstructured", ratio=0.9, finetune_steps=25, precision="int8",
+            Recipe(prune="unstructured", ratio=0.9, finetune_steps=50, precision="int8",
                    calibration="entropy", threshold="per-region", prune_rounds=2,
                    distill_weight=1.0),
         ),
         (
             {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "finetune_steps": 0,
-             "regularize_steps": 75, "regularize_strength": 0.01,
+             "regularize_steps": 150, "regularize_strength": 0.01,
              "precision": "fp16", "threshold": "global"},
             Recipe(prune="structured", ratio=0.5, round_to=8, precision="fp16",
-                   regularize_steps=75, regularize_strength=0.01),
+                   regularize_steps=150, regularize_strength=0.01),
         ),
         (
-            {"prune": "pairs", "level_ratio_0": 0.0, "level_ratio_1": 0.25, "level_ratio_2": 0.75,
-             "round_to": 1, "regularize_steps": 0, "finetune_steps": 75, "prune_rounds": 4,
+            {"prune": "pairs", "level_ratio_0": 0.0, "level_ratio_1": 0.25, "level_ratio_2": 0.150,
+             "round_to": 1, "regularize_steps": 0, "finetune_steps": 150, "prune_rounds": 4,
              "distill_weight": 0.0, "precision": "fp32", "threshold": "global"},
-            Recipe(prune="pairs", level_ratios=(0.0, 0.25, 0.75), finetune_steps=75,
+            Recipe(prune="pairs", level_ratios=(0.0, 0.25, 0.150), finetune_steps=150,
                    prune_rounds=4),
         ),
         (
-            {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "finetune_steps": 75,
-             "regularize_steps": 75, "regularize_strength": 0.001, "prune_rounds": 4,
+            {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "finetune_steps": 150,
+             "regularize_steps": 150, "regularize_strength": 0.001, "prune_rounds": 4,
              "distill_weight": 3.0, "precision": "int8", "calibration": "minmax",
              "threshold": "per-region"},
-            Recipe(prune="structured", ratio=0.5, round_to=8, finetune_steps=75, prune_rounds=4,
-                   distill_weight=3.0, regularize_steps=75, regularize_strength=0.001,
+            Recipe(prune="structured", ratio=0.5, round_to=8, finetune_steps=150, prune_rounds=4,
+                   distill_weight=3.0, regularize_steps=150, regularize_strength=0.001,
                    precision="int8", threshold="per-region"),
         ),
     ],
@@ -278,14 +278,14 @@ def test_recovery_recipe_round_trips_through_the_study_to_the_report_model(
     storage = open_storage(journal_url(out / "s" / "study.journal"))
     study = optuna.create_study(storage=storage, study_name="s", directions=list(DIRECTIONS))
     study.enqueue_trial(
-        {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "regularize_steps": 75,
-         "regularize_strength": 0.01, "finetune_steps": 75, "prune_rounds": 4,
+        {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "regularize_steps": 150,
+         "regularize_strength": 0.01, "finetune_steps": 150, "prune_rounds": 4,
          "distill_weight": 3.0, "precision": "fp32", "threshold": "per-region"}
     )  # fmt: skip
     assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
     expected = Recipe(
-        prune="structured", ratio=0.5, round_to=8, finetune_steps=75, prune_rounds=4,
-        distill_weight=3.0, regularize_steps=75, regularize_strength=0.01, threshold="per-region",
+        prune="structured", ratio=0.5, round_to=8, finetune_steps=150, prune_rounds=4,
+        distill_weight=3.0, regularize_steps=150, regularize_strength=0.01, threshold="per-region",
         components="search",
     )  # fmt: skip
     (trial,) = _states(_load(out), TrialState.COMPLETE)

@@ -269,7 +269,8 @@ def test_train_writes_checkpoints_and_log(blobs, tmp_path):
     records = [json.loads(line) for line in paths["log"].read_text().splitlines()]
     vals = [r for r in records if r["kind"] == "val"]
     assert [r["step"] for r in vals] == [5, 10, 12]
-    best = max(vals, key=lambda r: r["dice"]["mean"])
+    best = max(vals, key=lambda r: r["monitored"])  # the first of equals, like the run
+    assert all(r["monitored"] == r["tuned"]["dice"]["mean"] for r in vals)  # default: tuned
     assert best_meta["best_step"] == best["step"] == summary["best_step"]
     assert best_meta["metrics"]["val"]["dice"] == pytest.approx(best["dice"])
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6, 8, 10, 12]
@@ -294,7 +295,7 @@ def test_output_not_a_terminal_gets_one_line_per_validation(blobs, tmp_path, cap
     vals = [r for r in records if r["kind"] == "val"]
     assert [ln.split(":")[0] for ln in lines] == [f"unet2d-tiny step {s}/12" for s in (5, 10, 12)]
     for line, val in zip(lines, vals, strict=True):
-        assert f"val mean Dice {val['dice']['mean']:.4f}" in line
+        assert f"val mean Dice {val['monitored']:.4f}" in line and "searched thresholds" in line
         assert ("best so far" in line) == val["best"]
 
 

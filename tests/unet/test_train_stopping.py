@@ -27,13 +27,18 @@ def fake_validation(monkeypatch: pytest.MonkeyPatch, curve: list[float]) -> list
     """Replace the val evaluation by a constructed curve of mean Dice (one value per call)."""
     calls: list[int] = []
 
-    def fake(model, data, split, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def fake(model, data, *, tuned: bool, **kwargs: Any) -> dict[str, Any]:
         value = curve[min(len(calls), len(curve) - 1)]
         calls.append(len(calls))
         dice = {"WT": value, "TC": value, "ET": value, "mean": value}
-        return {"mean": {"dice": dice}, "per_subject": []}
+        at_half = {r: v - 0.1 for r, v in dice.items()}  # the monitor is the tuned value
+        threshold = {"WT": 0.7, "TC": 0.5, "ET": 0.5}
+        return {
+            "dice": at_half,
+            **({"tuned": {"dice": dice, "threshold": threshold}} if tuned else {}),
+        }
 
-    monkeypatch.setattr(unet.train, "evaluate_model", fake)
+    monkeypatch.setattr(unet.train, "validation_scores", fake)
     return calls
 
 
@@ -119,9 +124,62 @@ def test_without_patience_the_run_is_fixed_length(
     assert summary["stopping"]["rule"] == "fixed length: 12 steps"
 
 
+@pytest.mark.parametrize(("monitor", "best_step"), [("tuned", 8), ("fixed", 12)])
+def test_best_checkpoint_follows_the_monitor(
+    monkeypatch: pytest.MonkeyPatch, blob_data: Path, tmp_path: Path, monitor: str, best_step: int
+) -> None:
+    """The tuned and the 0.5-threshold val Dice disagree on the best step: each monitor picks
+    its own, and says which it follows."""
+    tuned_curve = iter([0.5, 0.8, 0.7, 0.7])
+    fixed_curve = iter([0.6, 0.5, 0.9, 0.5])
+
+    def fake(model, data, *, tuned: bool, **kwargs: Any) -> dict[str, Any]:
+        t, f = next(tuned_curve), next(fixed_curve)
+        at = {"WT": f, "TC": f, "ET": f, "mean": f}
+        if not tuned:
+            return {"dice": at}
+        best = {"WT": t, "TC": t, "ET": t, "mean": t}
+        return {"dice": at, "tuned": {"dice": best, "threshold": dict.fromkeys(best, 0.6)}}
+
+    monkeypatch.setattr(unet.train, "validation_scores", fake)
+    out = tmp_path / "run.pt"
+    summary = train(config(blob_data, out, steps=16, monitor=monitor))
+    assert summary["best_step"] == best_step
+    meta = read_checkpoint(out)["meta"]
+    assert meta["step"] == best_step
+    text = meta["stopping"]["monitor"]
+    assert ("searched" in text) == (monitor == "tuned") and ("0.5" in text) == (monitor == "fixed")
+    log = [json.loads(line) for line in out.with_name("run.jsonl").read_text().splitlines()]
+    vals = [r for r in log if r["kind"] == "val"]
+    assert ("tuned" in vals[0]) == (monitor == "tuned")
+    assert [r["monitored"] for r in vals] == (
+        [0.5, 0.8, 0.7, 0.7] if monitor == "tuned" else [0.6, 0.5, 0.9, 0.5]
+    )
+
+
+def test_tuned_validation_is_never_below_threshold_half(blob_data: Path) -> None:
+    """Real scores of a briefly trained model: the searched per-region thresholds include 0.5
+    on their grid, so the monitored (tuned) val Dice is >= the one at 0.5, per region too."""
+    from unet import zoo
+    from unet.data.canonical import CanonicalDataset
+    from unet.train_loop import fit
+    from unet.train_monitor import validation_scores
+
+    torch.manual_seed(0)
+    data = CanonicalDataset(blob_data)
+    model = fit(zoo.create("unet2d-tiny"), data, steps=15, batch_size=8).train()
+    scores = validation_scores(model, data, patch_size=None, device="cpu", tuned=True)
+    assert model.training  # left in the mode it was in
+    for region in ("WT", "TC", "ET", "mean"):
+        assert scores["tuned"]["dice"][region] >= scores["dice"][region] - 1e-9
+    assert all(0.0 < t < 1.0 for t in scores["tuned"]["threshold"].values())
+    assert "tuned" not in validation_scores(model, data, patch_size=None, device="cpu", tuned=False)
+
+
 @pytest.mark.parametrize(
     ("overrides", "field", "match"),
     [
+        ({"monitor": "loss"}, "monitor", "one of tuned, fixed"),
         ({"patience": 0}, "patience", ">= 1 validations"),
         ({"min_delta": -0.1}, "min_delta", r"\[0, 1\)"),
         ({"min_delta": float("nan")}, "min_delta", r"\[0, 1\)"),
