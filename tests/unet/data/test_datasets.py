@@ -254,6 +254,30 @@ def test_slice_crops_are_windows_of_the_padded_slice(encoded):
     assert image.shape == (4, 40, 32) and not image[:, 32:].any()
 
 
+@pytest.mark.parametrize("patch_size", [None, (16, 16)])
+def test_slice_volume_cache_changes_no_draw_and_keeps_its_budget(data, patch_size):
+    """Draws are identical with the whole-volume cache, with a cache too small for any volume
+    and with none; the cache holds what fits its budget; a pickled dataset carries none."""
+    cached = SliceDataset(data, "train", patch_size=patch_size)
+    tight = SliceDataset(data, "train", patch_size=patch_size, cache_mb=0.2)  # one volume: 0.2 MiB
+    none = SliceDataset(data, "train", patch_size=patch_size, cache_mb=0)
+    for i in range(40):
+        a, b, c = cached[i], tight[i], none[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0])
+        assert torch.equal(a[1], b[1]) and torch.equal(a[1], c[1])
+    volume = 4 * 4 * math.prod(SHAPE) + math.prod(SHAPE)  # float32 image + uint8 label
+    assert len(cached._cache) == len(
+        {int(cached.slices[cached.pick(np.random.default_rng((0, i)))][0]) for i in range(40)}
+    )
+    assert len(tight._cache) == (0.2 * 2**20) // volume and not none._cache
+    image, _ = cached[0]
+    image.fill_(7.0)  # a draw never aliases the cached volume
+    assert not torch.equal(cached[0][0], image)
+    assert pickle.loads(pickle.dumps(cached))._cache == {}
+    with pytest.raises(ValueError, match="cache_mb"):
+        SliceDataset(data, "train", cache_mb=-1)
+
+
 def test_window_start_keeps_the_centre_and_the_bounds():
     rng = np.random.default_rng(0)
     for _ in range(200):
