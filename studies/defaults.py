@@ -149,11 +149,30 @@ def ensure_baseline(
 
 
 def training_speed(checkpoint: str | os.PathLike[str]) -> float | None:
-    """Training samples per second of a cached baseline run (from its ``.done.json``), or None."""
+    """Training samples per second of a cached baseline run, or None if it is not one.
+
+    The median ``samples_per_s`` of the run's JSONL log (time in optimizer steps only: what a
+    fine-tune costs per sample), else the whole run's rate from its ``.done.json`` (which counts
+    the validation passes too, so it underestimates the speed).
+    """
     path = Path(checkpoint)
     done = path.with_name(path.stem + ".done.json")
     try:
         summary = json.loads(done.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    log = path.with_name(path.stem + ".jsonl")
+    try:
+        rates = [
+            float(r["samples_per_s"])
+            for r in map(json.loads, log.read_text(encoding="utf-8").splitlines())
+            if r.get("kind") == "train"
+        ]
+        if rates:
+            return float(sorted(rates)[len(rates) // 2])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
         from unet.checkpoint import read_checkpoint
 
         batch = read_checkpoint(path)["meta"]["train_config"]["batch_size"]

@@ -37,4 +37,8 @@ def test_training_speed_reads_the_cached_run(tmp_path: Path) -> None:
     )
     assert defaults.training_speed(ckpt) is None  # no .done.json: not a finished cached run
     (tmp_path / "b.done.json").write_text(json.dumps({"steps": 100, "train_time_s": 50.0}))
-    assert defaults.training_speed(ckpt) == 16.0
+    assert defaults.training_speed(ckpt) == 16.0  # no log: the whole run's rate
+    records = [{"kind": "setup"}, *({"kind": "train", "samples_per_s": v} for v in (30, 90, 60))]
+    records.append({"kind": "val", "samples_per_s": 1.0})  # only optimizer steps count
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    assert defaults.training_speed(ckpt) == 60.0  # the log's median: validation time excluded
