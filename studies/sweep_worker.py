@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from studies.pareto import CONSTRAINT
+from studies.refine import QueueInt8Twins
 from studies.search_space import PRECISIONS, ROUND_TO, make_sampler, suggest_recipe
 from studies.storage import WORKER_ATTR, fail_dead_trials, open_storage, worker_identity
 from studies.sweep_latency import objective_values, worker_references
@@ -195,11 +196,12 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
     before = len(study.get_trials(deepcopy=False))
     # the baseline's sessions on the sweep's backends, kept open for the whole study
     references = worker_references(spec.baseline, spec.data, spec.backends, spec.threads)
+    twins = QueueInt8Twins(study.user_attrs["sweep"].get("precisions", PRECISIONS))
     while not failures.stopped and wait_for_slot(study, spec.trials, deadline):
         study.optimize(
             lambda trial: run_trial(trial, spec, references),
             n_trials=1,
-            callbacks=[failures, _Report(bar)],
+            callbacks=[failures, _Report(bar), twins],
             catch=(Exception,),
             gc_after_trial=True,
             show_progress_bar=False,
