@@ -192,7 +192,8 @@ def sweep_info(study: optuna.Study) -> dict[str, Any]:
     return info
 
 
-def _feasible(trial: FrozenTrial) -> bool:
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether every constraint of ``trial`` holds (Optuna's rule: each value <= 0)."""
     return all(v <= 0.0 for v in trial.constraints.values())
 
 
@@ -206,7 +207,7 @@ def as_trial_model(trial: FrozenTrial) -> TrialModel:
         metrics=dict(attrs["metrics"]),
         trial_dir=Path(attrs["trial_dir"]),
         artifact=str(attrs.get("artifact", "model.onnx")),
-        feasible=_feasible(trial),
+        feasible=is_feasible(trial),
     )
 
 

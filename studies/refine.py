@@ -23,6 +23,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from studies.pareto import is_feasible
+
 TWIN_ATTR = "int8_twin_of"
 STRUCTURAL = ("structured", "pairs")
 
@@ -35,7 +37,7 @@ def int8_twin(trial: FrozenTrial, precisions: Sequence[str]) -> dict[str, Any] |
         or "int8" not in precisions
         or params.get("prune") not in STRUCTURAL
         or params.get("precision") != "fp32"
-        or not all(v <= 0.0 for v in trial.constraints.values())
+        or not is_feasible(trial)
     ):
         return None
     return {**params, "precision": "int8", "calibration": "minmax"}

@@ -30,6 +30,7 @@ from studies.pareto import (
     LATENCY_NAMES,
     TrialModel,
     baseline_model,
+    is_feasible,
     load_study,
     sweep_info,
     trial_models,
@@ -226,9 +227,7 @@ def report_markdown(
     data = open_data(study, data_path)
     states = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     feasible = sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if all(v <= 0 for v in t.constraints.values())
+        1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)
     )
     splits = ", ".join(f"{s} {len(data.split(s))}" for s in ("train", "val", "test"))
     machine = study.user_attrs.get("machine")

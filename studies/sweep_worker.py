@@ -36,7 +36,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from studies.pareto import CONSTRAINT
+from studies.pareto import CONSTRAINT, is_feasible
 from studies.refine import QueueInt8Twins
 from studies.search_space import PRECISIONS, ROUND_TO, make_sampler, suggest_recipe
 from studies.storage import WORKER_ATTR, fail_dead_trials, open_storage, worker_identity
@@ -128,7 +128,7 @@ def trial_summary(trial: FrozenTrial) -> str:
         error = (str(error).strip().splitlines() or [""])[0][:200]
         return f"trial {trial.number:>3} {trial.state.name}  {label}  {error}".rstrip()
     dice, size, latency = trial.values
-    mark = "" if all(v <= 0 for v in trial.constraints.values()) else "  (infeasible)"
+    mark = "" if is_feasible(trial) else "  (infeasible)"
     speedups = {
         k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k.startswith("speedup_")
     }

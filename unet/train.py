@@ -21,8 +21,8 @@ A run writes three files next to ``--out``:
 
 2D models train on random axial slices (tumour slices oversampled) or, with ``--patch-size H
 W``, on crops of them (centred on a tumour pixel for tumour slices; validation stays on whole
-slices), 3D models on random patches (tumour-centred with the same probability). The optimizer is AdamW with a linear
-warm-up and cosine decay of the learning rate. Batches are a pure function of
+slices), 3D models on random patches (tumour-centred with the same probability). The optimizer
+is AdamW with a linear warm-up and cosine decay of the learning rate. Batches are a pure function of
 ``(seed, draw number)`` (`unet.data.datasets`), so resuming needs no sampler state beyond
 the step. ``--amp bf16`` uses bfloat16 autocast (CPU or CUDA); ``--amp fp16`` uses float16
 autocast with a gradient scaler and is refused on the CPU (about 70x slower there).

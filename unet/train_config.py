@@ -57,7 +57,7 @@ class TrainConfig:
     patience: int | None = None
     min_delta: float = 0.0
     monitor: str = "tuned"
-    patch_size: tuple[int, int, int] | None = None
+    patch_size: tuple[int, ...] | None = None
     tumour_fraction: float = 0.5
     bce_weight: float = 1.0
     dice_weight: float = 1.0

@@ -176,6 +176,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.augment = augment
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached_bytes = 0
         slices, tumour = [], []
         height = width = 0
         for s, sid in enumerate(self.subjects):
@@ -200,17 +201,18 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self.slices)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": {}}  # a DataLoader worker fills its own
+        return {**self.__dict__, "_cache": {}, "_cached_bytes": 0}  # a worker fills its own
 
     def _read(self, s: int, z: int) -> tuple[np.ndarray, np.ndarray]:
         """Image (4, H, W) and label (H, W) of slice ``z`` of subject number ``s``."""
         if s not in self._cache:
             sid = self.subjects[s]
             d, h, w = self.data.shape(sid)
-            used = sum(i.nbytes + lb.nbytes for i, lb in self._cache.values())
-            if used + d * h * w * (4 * 4 + 1) > self.cache_bytes:
+            size = d * h * w * (4 * 4 + 1)  # float32 image (4 channels) + uint8 label
+            if self._cached_bytes + size > self.cache_bytes:
                 return self.data.image(sid, index=z), self.data.label(sid, index=z)
             self._cache[s] = (self.data.image(sid), self.data.label(sid))
+            self._cached_bytes += size
         image, label = self._cache[s]
         return image[:, z].copy(), label[z].copy()  # draws never alias the cache
 
