@@ -46,7 +46,8 @@ BASELINE_MIN_DELTA = 0.002
 # 2D baselines train on tumour-centred crops of this size (validation stays on whole slices),
 # and so do the fine-tunes of every trial (they reuse the checkpoint's crop size): a step of
 # `unet2d-small` on 16 crops of 64x64 costs a fifth of one on 16 slices of 128x128 here, and
-# gave a better post-processed val Dice at the same step cap (README "Fifth measurement session").
+# the crop-trained baseline was non-inferior on val to the full-slice one (paired; README "Fifth
+# measurement session").
 BASELINE_CROP_2D = (64, 64)
 
 
