@@ -8,6 +8,14 @@ session (`compress.export.ort_forward`) or an int8 model are evaluated by the sa
   are stacked back into the volume: metrics are always per subject volume.
 * 3D models: sliding windows of ``patch_size`` with ``overlap`` (uniform averaging of the
   overlapping logits), or the whole padded volume when ``patch_size`` is None.
+
+Only the foreground box is predicted (``crop_foreground=True``, the default, as nnU-Net
+does): the bounding box of the voxels where any modality is non-zero, i.e. the brain of a
+canonical volume (skull-stripped, background exactly 0 after the z-score,
+`unet.data.canonical.zscore_brain`). Outside it the logits are `BACKGROUND_LOGIT` (probability
+~1e-13), so nothing is ever segmented outside the brain, and evaluation costs what the brain
+covers (about 60 % of the default phantom's 48x128x128 volumes). A volume with no zero border
+is predicted whole, as before.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from torch import nn
 
 Forward = Callable[[np.ndarray], np.ndarray]
 DEFAULT_PATCH_3D = (64, 64, 64)
+BACKGROUND_LOGIT = -30.0  # outside the foreground box: sigmoid(-30) ~ 1e-13
 
 
 def torch_forward(
@@ -87,6 +96,19 @@ def _windows(
         yield tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
 
 
+def foreground_box(image: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The (D, H, W) bounding box of the voxels of ``image`` (C, D, H, W) where any channel is
+    non-zero, as slices; None for an all-zero volume."""
+    mask = np.any(image != 0, axis=0)
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
 def predict_logits(
     forward: Forward,
     image: np.ndarray,
@@ -96,10 +118,33 @@ def predict_logits(
     patch_size: Sequence[int] | None = None,
     overlap: float = 0.5,
     batch_size: int = 8,
+    crop_foreground: bool = True,
 ) -> np.ndarray:
-    """Logits (3, D, H, W) float32 for one volume ``image`` (4, D, H, W)."""
+    """Logits (3, D, H, W) float32 for one volume ``image`` (4, D, H, W).
+
+    ``crop_foreground``: predict only `foreground_box` (see the module docstring) and fill the
+    rest with `BACKGROUND_LOGIT`; False predicts every voxel.
+    """
     if image.ndim != 4:
         raise ValueError(f"image must be (4, D, H, W), got shape {image.shape}")
+    if crop_foreground:
+        box = foreground_box(image)
+        if box is None or any(
+            b.stop - b.start < n for b, n in zip(box, image.shape[1:], strict=True)
+        ):
+            out = np.full((3, *image.shape[1:]), BACKGROUND_LOGIT, dtype=np.float32)
+            if box is not None:
+                out[(slice(None), *box)] = predict_logits(
+                    forward,
+                    image[(slice(None), *box)],
+                    spatial_dims,
+                    divisor,
+                    patch_size=patch_size,
+                    overlap=overlap,
+                    batch_size=batch_size,
+                    crop_foreground=False,
+                )
+            return out
     d, h, w = image.shape[1:]
     if spatial_dims == 2:
         hp, wp = round_up(h, divisor), round_up(w, divisor)
@@ -137,6 +182,7 @@ def predict_volume(
     patch_size: Sequence[int] | None = None,
     overlap: float = 0.5,
     batch_size: int = 8,
+    crop_foreground: bool = True,
 ) -> np.ndarray:
     """Region probabilities (3, D, H, W) float32 (sigmoid of `predict_logits`)."""
     return sigmoid(
@@ -148,5 +194,6 @@ def predict_volume(
             patch_size=patch_size,
             overlap=overlap,
             batch_size=batch_size,
+            crop_foreground=crop_foreground,
         )
     )

@@ -11,7 +11,14 @@ import torch
 from unet import zoo
 from unet.data.canonical import CanonicalDataset, regions_from_label
 from unet.evaluate import as_thresholds, evaluate_model, evaluate_probabilities
-from unet.inference import predict_logits, predict_volume, sigmoid, torch_forward
+from unet.inference import (
+    BACKGROUND_LOGIT,
+    foreground_box,
+    predict_logits,
+    predict_volume,
+    sigmoid,
+    torch_forward,
+)
 
 
 def _identity_forward(batch: np.ndarray) -> np.ndarray:
@@ -44,8 +51,43 @@ def test_forward_sees_divisible_shapes() -> None:
         seen.append(batch.shape)
         return batch[:, :3]
 
-    predict_logits(spy, np.zeros((4, 3, 10, 6), np.float32), 2, divisor=8)
-    assert all(s[2] % 8 == 0 and s[3] % 8 == 0 for s in seen)
+    predict_logits(spy, np.ones((4, 3, 10, 6), np.float32), 2, divisor=8)
+    assert seen and all(s[2] % 8 == 0 and s[3] % 8 == 0 for s in seen)
+
+
+@pytest.mark.parametrize(("dims", "patch"), [(2, None), (3, None), (3, (8, 8, 8))])
+def test_only_the_foreground_box_is_predicted(dims: int, patch: tuple | None) -> None:
+    image = np.zeros((4, 12, 20, 18), np.float32)
+    brain = np.random.default_rng(2).normal(size=(4, 5, 9, 7)).astype(np.float32) + 5.0
+    image[:, 3:8, 6:15, 2:9] = brain
+    seen: list[tuple[int, ...]] = []
+
+    def spy(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        return batch[:, :3].copy()
+
+    assert foreground_box(image) == (slice(3, 8), slice(6, 15), slice(2, 9))
+    logits = predict_logits(spy, image, dims, divisor=4, patch_size=patch, batch_size=2)
+    inside = np.zeros(image.shape[1:], bool)
+    inside[3:8, 6:15, 2:9] = True
+    np.testing.assert_allclose(logits[:, inside], image[:3][:, inside], atol=1e-6)
+    assert np.all(logits[:, ~inside] == BACKGROUND_LOGIT)
+    if dims == 2:  # 5 slices of the box, padded to 12 x 8, never the whole 20 x 18 slice
+        assert sum(s[0] for s in seen) == 5 and {s[2:] for s in seen} == {(12, 8)}
+    else:  # never more than the box (rounded up to the divisor, or the patch)
+        assert all(s[2] <= 8 and s[3] <= 12 and s[4] <= 8 for s in seen)
+    full = predict_logits(spy, image, dims, divisor=4, patch_size=patch, crop_foreground=False)
+    np.testing.assert_allclose(full, image[:3], atol=1e-6)  # every voxel through the forward
+
+
+def test_an_all_zero_volume_is_background_without_a_forward() -> None:
+    def never(batch: np.ndarray) -> np.ndarray:
+        raise AssertionError("forward called on an empty volume")
+
+    image = np.zeros((4, 3, 8, 8), np.float32)
+    assert foreground_box(image) is None
+    probs = predict_volume(never, image, 2, divisor=4)
+    assert probs.shape == (3, 3, 8, 8) and float(probs.max()) < 1e-12
 
 
 def test_torch_forward_matches_module_and_2d_equals_per_slice() -> None:
