@@ -148,9 +148,10 @@ def model_row(
 
 
 def open_data(study: optuna.Study, data: str | Path | None = None) -> CanonicalDataset:
-    """The study's data file (or ``data``), checked against the stored fingerprint."""
+    """The study's data file (or ``data``), checked against the stored fingerprint; the test
+    volumes stay in memory while every Pareto model is evaluated on them."""
     info = sweep_info(study)
-    ds = CanonicalDataset(data or info["data"])
+    ds = CanonicalDataset(data or info["data"], cache_mb=2048)
     if ds.fingerprint != info["data_fingerprint"]:
         raise ValueError(
             f"{ds.path}: not the data of study {study.study_name!r} (fingerprint "

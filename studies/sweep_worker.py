@@ -43,15 +43,25 @@ from studies.storage import WORKER_ATTR, fail_dead_trials, open_storage, worker_
 from studies.sweep_latency import objective_values, worker_references
 from studies.sweep_spec import SweepSpec
 from studies.trial_budget import SURPLUS_ATTR, claim_slot, wait_for_slot
+from unet.data.canonical import CanonicalDataset
 from unet.killpoints import killpoint
+
+# per worker: the default phantom's train and val volumes (~1 GB) fit; larger data sets keep
+# what fits and read the rest from the file
+DATA_CACHE_MB = 2048
 
 
 def run_trial(
-    trial: optuna.Trial, spec: SweepSpec, references: dict[str, Any] | None = None
+    trial: optuna.Trial,
+    spec: SweepSpec,
+    references: dict[str, Any] | None = None,
+    data: CanonicalDataset | None = None,
 ) -> tuple[float, float, float]:
     """The objective: compress the baseline with a sampled recipe, measure it on val.
 
     ``references``: the baseline's timed calls (`worker_references`); built per trial if None.
+    ``data``: the worker's open data set (its volume cache is shared by the worker's trials);
+    ``spec.data`` is opened if None.
     """
     from compress.pipeline import compress_checkpoint
 
@@ -77,7 +87,7 @@ def run_trial(
     try:
         result = compress_checkpoint(
             spec.baseline,
-            spec.data,
+            spec.data if data is None else data,
             recipe,
             trial_dir,
             threads=spec.threads,
@@ -196,10 +206,13 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
     before = len(study.get_trials(deepcopy=False))
     # the baseline's sessions on the sweep's backends, kept open for the whole study
     references = worker_references(spec.baseline, spec.data, spec.backends, spec.threads)
+    # one open data set per worker: every trial's fine-tune, calibration and validation read
+    # the same volumes, so they stay in memory after the first trial (CanonicalDataset cache)
+    data = CanonicalDataset(spec.data, cache_mb=DATA_CACHE_MB)
     twins = QueueInt8Twins(study.user_attrs["sweep"].get("precisions", PRECISIONS))
     while not failures.stopped and wait_for_slot(study, spec.trials, deadline):
         study.optimize(
-            lambda trial: run_trial(trial, spec, references),
+            lambda trial: run_trial(trial, spec, references, data),
             n_trials=1,
             callbacks=[failures, _Report(bar), twins],
             catch=(Exception,),

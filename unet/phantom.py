@@ -36,11 +36,16 @@ small tensor contractions, no full-resolution filtering), which keeps the defaul
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,7 @@ from unet.io import atomic_path
 from unet.phantom_draw import Knobs, acquire, add_mimic, add_tumour, anatomy
 
 PHANTOM_VERSION = 1
+PARALLEL_VOXELS = 2**24  # ~8 s of generation on one core: worth a process pool
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -143,21 +149,55 @@ def phantom_attrs(cfg: PhantomConfig) -> dict[str, Any]:
     return attrs
 
 
-def write_phantom(path: str | Path, cfg: PhantomConfig, *, progress: bool = False) -> Path:
-    """Generate ``cfg.subjects`` subjects into the canonical file ``path`` (atomic)."""
-    with CanonicalWriter(
-        path,
-        source="phantom",
-        split_fractions=cfg.split_fractions,
-        split_seed=cfg.split_seed,
-        attrs=phantom_attrs(cfg),
-    ) as writer:
-        for i in tqdm(
-            range(cfg.subjects), desc="phantom", unit="subject", disable=None if progress else True
-        ):
-            image, label = generate_subject(cfg, i)
+def write_phantom(
+    path: str | Path, cfg: PhantomConfig, *, progress: bool = False, workers: int | None = None
+) -> Path:
+    """Generate ``cfg.subjects`` subjects into the canonical file ``path`` (atomic).
+
+    ``workers``: processes generating subjects (1 = in this process; default: the cores this
+    process may use for a phantom of >= `PARALLEL_VOXELS` voxels in all, else 1, since
+    starting a process costs ~1 s). Each subject is a pure function of ``(cfg, index)`` and
+    they are written in index order, so the file is the same for every worker count.
+    """
+    if workers is None:
+        big = cfg.subjects * math.prod(cfg.shape) >= PARALLEL_VOXELS
+        workers = default_workers() if big else 1
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    workers = min(workers, cfg.subjects)
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(
+            CanonicalWriter(
+                path,
+                source="phantom",
+                split_fractions=cfg.split_fractions,
+                split_seed=cfg.split_seed,
+                attrs=phantom_attrs(cfg),
+            )
+        )
+        draw = functools.partial(generate_subject, cfg)
+        if workers > 1:  # spawn: the caller may hold OpenMP threads (torch) that fork would copy
+            pool = stack.enter_context(
+                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+            subjects = pool.map(draw, range(cfg.subjects))
+        else:
+            subjects = map(draw, range(cfg.subjects))
+        bar = tqdm(
+            subjects,
+            total=cfg.subjects,
+            desc="phantom",
+            unit="subject",
+            disable=None if progress else True,
+        )
+        for i, (image, label) in enumerate(bar):
             writer.add(subject_id(i), image, label, origin=f"phantom subject {i}")
     return Path(path)
+
+
+def default_workers() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def save_preview(path: str | Path, image: np.ndarray, label: np.ndarray, title: str = "") -> Path:
@@ -226,6 +266,13 @@ def _parser() -> argparse.ArgumentParser:
         help="share of subjects with two tumours among those with any",
     )
     add_split_arguments(p, PHANTOM_SPLIT_FRACTIONS)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes generating subjects (default: this machine's cores for a phantom of "
+        f">= {PARALLEL_VOXELS} voxels in all, else 1)",
+    )
     p.add_argument("--preview", type=Path, help="also write a PNG of one subject")
     p.add_argument(
         "--preview-subject",
@@ -257,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.out is not None:
         start = time.perf_counter()
-        write_phantom(args.out, cfg, progress=sys.stderr.isatty())
+        if args.workers is not None and args.workers < 1:
+            parser.error(f"--workers must be >= 1, got {args.workers}")
+        write_phantom(args.out, cfg, progress=sys.stderr.isatty(), workers=args.workers)
         free = sum(tumour_count(cfg, i) == 0 for i in range(cfg.subjects))
         size_mb = args.out.stat().st_size / 1e6
         print(

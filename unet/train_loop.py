@@ -121,9 +121,7 @@ def check_options(
     )
     if patch_size is not None or spatial_dims == 3:
         _check(
-            patch_size is not None
-            and len(patch_size) == spatial_dims
-            and min(patch_size) >= 1,
+            patch_size is not None and len(patch_size) == spatial_dims and min(patch_size) >= 1,
             "patch_size",
             f"must be {spatial_dims} positive ints ({'D H W' if spatial_dims == 3 else 'H W'}) "
             f"for a {spatial_dims}D model, got {None if patch_size is None else tuple(patch_size)}",

@@ -62,14 +62,16 @@ def test_subject_does_not_depend_on_count_and_seed_matters(cfg: PhantomConfig, s
 
 def test_written_file_is_deterministic(tmp_path: Path, phantom_file: Path) -> None:
     small = PhantomConfig(subjects=3, shape=SHAPE, seed=3)
-    again = CanonicalDataset(write_phantom(tmp_path / "again.h5", small))
+    again = CanonicalDataset(write_phantom(tmp_path / "again.h5", small, workers=2))
     ref = CanonicalDataset(phantom_file)
     assert again.subjects == ref.subjects[:3]
     for sid in again.subjects:
         assert again.image(sid).tobytes() == ref.image(sid).tobytes()
         assert np.array_equal(again.label(sid), ref.label(sid))
-    twice = CanonicalDataset(write_phantom(tmp_path / "twice.h5", small))
-    assert twice.fingerprint == again.fingerprint
+    twice = CanonicalDataset(write_phantom(tmp_path / "twice.h5", small, workers=1))
+    assert twice.fingerprint == again.fingerprint  # the same file from 2 processes and from 1
+    with pytest.raises(ValueError, match="workers"):
+        write_phantom(tmp_path / "none.h5", small, workers=0)
 
 
 def test_background_is_exactly_zero_and_brain_never_zero(subjects) -> None:

@@ -244,13 +244,14 @@ class CanonicalWriter:
 class CanonicalDataset:
     """Read-only view of a canonical file; opens the HDF5 handle lazily, once per process.
 
-    Pickles as its path, so it is safe to hand to DataLoader workers.
+    Pickles as its path (and cache budget), so it is safe to hand to DataLoader workers.
+    ``cache_mb``: an in-memory volume cache per process (`reserve_cache`; default none).
 
     >>> ds = CanonicalDataset("runs/phantom.h5")                     # doctest: +SKIP
     >>> ds.split("val"), ds.image("s003").shape, ds.label("s003").dtype
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, cache_mb: float = 0) -> None:
         self.path = Path(path)
         self._file: h5py.File | None = None
         self._pid: int | None = None
@@ -258,13 +259,52 @@ class CanonicalDataset:
         self.attrs: dict[str, Any] = {k: f.attrs[k] for k in f.attrs}
         self.subjects: list[str] = sorted(f["subjects"].keys())
         self.labelled: list[str] = [s for s in self.subjects if "label" in f["subjects"][s]]
+        self.cache_bytes = 0
+        self._volumes: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._cached_bytes = 0
+        self.reserve_cache(cache_mb)
 
-    # pickling: only the path travels; each process opens its own handle
+    # pickling: only the path and the cache budget travel; each process opens its own handle
+    # and fills its own cache
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, "cache_mb": self.cache_bytes / 2**20}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        self.__init__(state["path"], cache_mb=state.get("cache_mb", 0))
+
+    def reserve_cache(self, cache_mb: float) -> None:
+        """Keep whole subject volumes (image and label) in memory after their first read, up to
+        at least ``cache_mb`` MiB in this process (never lowers the budget; 0 = no cache).
+
+        Reading a volume from the compressed file costs more than a training step on crops or
+        a forward pass of a small model, and a sweep reads the same volumes in every trial:
+        everything that reads through this object (training draws, validation, calibration)
+        shares the cache. Reads return copies, so a caller never changes the cache.
+        """
+        if not (cache_mb >= 0):
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
+        self.cache_bytes = max(self.cache_bytes, int(cache_mb * 2**20))
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the volumes in this process's cache."""
+        return self._cached_bytes
+
+    def _cached(self, subject_id: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The subject's (image, label or None) from the cache, read into it if it fits."""
+        hit = self._volumes.get(subject_id)
+        if hit is not None or not self.cache_bytes:
+            return hit
+        g = self._group(subject_id)
+        image_ds, label_ds = g["image"], g.get("label")
+        size = image_ds.size * image_ds.dtype.itemsize
+        size += 0 if label_ds is None else label_ds.size * label_ds.dtype.itemsize
+        if self._cached_bytes + size > self.cache_bytes:
+            return None
+        hit = (image_ds[...], None if label_ds is None else label_ds[...])
+        self._volumes[subject_id] = hit
+        self._cached_bytes += size
+        return hit
 
     @property
     def file(self) -> h5py.File:
@@ -302,11 +342,17 @@ class CanonicalDataset:
 
     def image(self, subject_id: str, index: Any = ...) -> np.ndarray:
         """float32 image (4, D, H, W), or ``image[:, index]`` when ``index`` is given."""
-        d = self._group(subject_id)["image"]
-        return d[...] if index is ... else d[(slice(None), *np.index_exp[index])]
+        where = ... if index is ... else (slice(None), *np.index_exp[index])
+        hit = self._cached(subject_id)
+        if hit is not None:
+            return np.array(hit[0][where])  # a copy: callers never change the cache
+        return self._group(subject_id)["image"][where]
 
     def label(self, subject_id: str, index: Any = ...) -> np.ndarray:
         """uint8 BraTS labels (D, H, W) (or a part by ``index``); KeyError if unlabelled."""
+        hit = self._cached(subject_id)
+        if hit is not None and hit[1] is not None:
+            return np.array(hit[1][index])
         g = self._group(subject_id)
         if "label" not in g:
             raise KeyError(f"{self.path}: subject {subject_id!r} has no label")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -141,9 +140,11 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             uniformly random position. Slices smaller than the crop are zero-padded first.
             Crops make a training step ~5x cheaper for ``unet2d-small`` (64x64 vs 128x128).
         cache_mb: whole subject volumes (image and label) are kept in memory after their first
-            draw, up to this many MiB per process (0: none): reading one slice from the
-            compressed file costs more than a training step on crops. Draws are the same
-            with and without the cache; a DataLoader worker builds its own.
+            draw, up to at least this many MiB per process: reading one slice from the
+            compressed file costs more than a training step on crops. The cache belongs to
+            the `CanonicalDataset` (`CanonicalDataset.reserve_cache`), so every reader of the
+            same object shares it (a sweep worker's trials, a run's validation). Draws are
+            the same with and without it; a DataLoader worker fills its own.
 
     The index of tumour slices is built once, reading every label volume once.
     """
@@ -160,8 +161,6 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         patch_size: Sequence[int] | None = None,
         cache_mb: float = 2048,
     ) -> None:
-        if cache_mb < 0:
-            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         if tumour_fraction is not None and not 0.0 <= tumour_fraction <= 1.0:
             raise ValueError(f"tumour_fraction must be in [0, 1] or None, got {tumour_fraction}")
         if divisor < 1:
@@ -170,13 +169,11 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise ValueError(f"patch_size must be two positive ints (H, W), got {patch_size}")
         self.patch_size = None if patch_size is None else (int(patch_size[0]), int(patch_size[1]))
         self.data = as_dataset(data)
+        self.data.reserve_cache(cache_mb)
         self.subjects = resolve_subjects(self.data, subjects)
         self.tumour_fraction = tumour_fraction
         self.seed = int(seed)
         self.augment = augment
-        self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._cached_bytes = 0
         slices, tumour = [], []
         height = width = 0
         for s, sid in enumerate(self.subjects):
@@ -200,21 +197,10 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.slices)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": {}, "_cached_bytes": 0}  # a worker fills its own
-
     def _read(self, s: int, z: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image (4, H, W) and label (H, W) of slice ``z`` of subject number ``s``."""
-        if s not in self._cache:
-            sid = self.subjects[s]
-            d, h, w = self.data.shape(sid)
-            size = d * h * w * (4 * 4 + 1)  # float32 image (4 channels) + uint8 label
-            if self._cached_bytes + size > self.cache_bytes:
-                return self.data.image(sid, index=z), self.data.label(sid, index=z)
-            self._cache[s] = (self.data.image(sid), self.data.label(sid))
-            self._cached_bytes += size
-        image, label = self._cache[s]
-        return image[:, z].copy(), label[z].copy()  # draws never alias the cache
+        """Image (4, H, W) and label (H, W) of slice ``z`` of subject number ``s`` (copies)."""
+        sid = self.subjects[s]
+        return self.data.image(sid, index=z), self.data.label(sid, index=z)
 
     def pick(self, rng: np.random.Generator) -> int:
         """Row of `slices` for one draw (applies the tumour oversampling)."""

@@ -258,24 +258,45 @@ def test_slice_crops_are_windows_of_the_padded_slice(encoded):
 def test_slice_volume_cache_changes_no_draw_and_keeps_its_budget(data, patch_size):
     """Draws are identical with the whole-volume cache, with a cache too small for any volume
     and with none; the cache holds what fits its budget; a pickled dataset carries none."""
-    cached = SliceDataset(data, "train", patch_size=patch_size)
-    tight = SliceDataset(data, "train", patch_size=patch_size, cache_mb=0.2)  # one volume: 0.2 MiB
-    none = SliceDataset(data, "train", patch_size=patch_size, cache_mb=0)
+    cached = SliceDataset(CanonicalDataset(data.path), "train", patch_size=patch_size)
+    tight = SliceDataset(CanonicalDataset(data.path), "train", patch_size=patch_size, cache_mb=0.2)
+    none = SliceDataset(CanonicalDataset(data.path), "train", patch_size=patch_size, cache_mb=0)
+    volume = 4 * 4 * math.prod(SHAPE) + math.prod(SHAPE)  # float32 image + uint8 label
+    # building the tumour-slice index reads every label: the cache is full before any draw
+    assert len(tight.data._volumes) == (0.2 * 2**20) // volume and not none.data._volumes
+    assert set(cached.data._volumes) == set(cached.subjects)
+    assert cached.data.cached_bytes == volume * len(cached.subjects)
     for i in range(40):
         a, b, c = cached[i], tight[i], none[i]
         assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0])
         assert torch.equal(a[1], b[1]) and torch.equal(a[1], c[1])
-    volume = 4 * 4 * math.prod(SHAPE) + math.prod(SHAPE)  # float32 image + uint8 label
-    assert len(cached._cache) == len(
-        {int(cached.slices[cached.pick(np.random.default_rng((0, i)))][0]) for i in range(40)}
-    )
-    assert len(tight._cache) == (0.2 * 2**20) // volume and not none._cache
     image, _ = cached[0]
     image.fill_(7.0)  # a draw never aliases the cached volume
     assert not torch.equal(cached[0][0], image)
-    assert pickle.loads(pickle.dumps(cached))._cache == {}
+    clone = pickle.loads(pickle.dumps(cached))
+    assert clone.data._volumes == {} and clone.data.cache_bytes == cached.data.cache_bytes
     with pytest.raises(ValueError, match="cache_mb"):
-        SliceDataset(data, "train", cache_mb=-1)
+        SliceDataset(CanonicalDataset(data.path), "train", cache_mb=-1)
+
+
+def test_the_volume_cache_is_shared_by_every_reader_and_returns_copies(data):
+    ds = CanonicalDataset(data.path)
+    sid = ds.subjects[0]
+    assert ds.cache_bytes == 0 and ds.cached_bytes == 0
+    ds.reserve_cache(64)
+    ds.reserve_cache(1)  # never lowers the budget
+    assert ds.cache_bytes == 64 * 2**20
+    whole = ds.image(sid)
+    np.testing.assert_array_equal(whole, data.image(sid))
+    np.testing.assert_array_equal(ds.image(sid, index=3), data.image(sid, index=3))
+    np.testing.assert_array_equal(ds.label(sid, index=(3, slice(2, 5))), data.label(sid)[3, 2:5])
+    assert list(ds._volumes) == [sid]
+    whole.fill(9.0)
+    ds.label(sid)[:] = 9
+    np.testing.assert_array_equal(ds.image(sid), data.image(sid))
+    np.testing.assert_array_equal(ds.label(sid), data.label(sid))
+    SliceDataset(ds, "train", cache_mb=0)  # a reader on the same object uses the same cache
+    assert set(ds._volumes) >= set(ds.split("train")) and ds.cache_bytes == 64 * 2**20
 
 
 def test_window_start_keeps_the_centre_and_the_bounds():
