@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--recipe", default=None, help="recipe JSON file (instead of the recipe flags)")
     d = Recipe()
-    p.add_argument("--prune", choices=PRUNE_METHODS, default=d.prune)
+    p.add_argument("--prune", choices=PRUNE_METHODS, default=d.prune, help="pruning method")
     p.add_argument(
         "--ratio",
         type=float,
@@ -179,9 +179,18 @@ def _parser() -> argparse.ArgumentParser:
         help="structured widths rounded to a multiple of this; 'auto': this CPU's SIMD width "
         "for the precision (compress.simd)",
     )
-    p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
-    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=d.finetune_steps,
+        help="optimizer steps of fine-tuning after pruning (batches of the baseline's crops)",
+    )
+    p.add_argument(
+        "--finetune-lr", type=float, default=d.finetune_lr, help="fine-tune learning rate (AdamW)"
+    )
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default=d.precision, help="deployed precision"
+    )
     p.add_argument(
         "--calibration", choices=CALIBRATIONS, default=d.calibration, help="int8 calibration method"
     )
@@ -198,7 +207,12 @@ def _parser() -> argparse.ArgumentParser:
         help="OpenVINO int8: NNCF accuracy control, at most this absolute val Dice drop vs fp32, "
         "operators reverted to f32 until it holds (0 = off)",
     )
-    p.add_argument("--threshold", choices=THRESHOLD_MODES, default=d.threshold)
+    p.add_argument(
+        "--threshold",
+        choices=THRESHOLD_MODES,
+        default=d.threshold,
+        help="the baseline's stored threshold(s), or one / one per region searched on val",
+    )
     p.add_argument(
         "--components",
         choices=COMPONENT_MODES,
@@ -219,7 +233,12 @@ def _parser() -> argparse.ArgumentParser:
         default=d.distill_weight,
         help="weight of distillation from the unpruned baseline during fine-tuning (0 = off)",
     )
-    r.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
+    r.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=d.distill_temperature,
+        help="distillation temperature T (the loss is scaled by T^2)",
+    )
     r.add_argument(
         "--regularize-steps",
         type=int,
@@ -252,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per backend (>= 20)")
     p.add_argument("--device", default="cpu", help="fine-tune device; cuda adds CUDA latency")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="fine-tune and calibration draws")
     return p
 
 

@@ -33,15 +33,8 @@ import torch
 from compress.apply import ratios
 from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
-from studies import bench_macs
+from studies import bench_macs, bench_recovery
 from studies.bench_peers import ROWS
-from studies.bench_recovery import (
-    METHODS,
-    RecoverySettings,
-    recovery_recipes,
-    recovery_table,
-    run_recovery,
-)
 from unet import zoo
 from unet.checkpoint import CheckpointError, load_checkpoint
 from unet.data.canonical import CanonicalDataset, DataError
@@ -152,26 +145,26 @@ def main(argv: list[str] | None = None) -> int:
         help="training samples/s, fp32 vs --amp bf16",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--data", required=True)
-    t.add_argument("--model", default="unet2d-small")
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--data", required=True, help="canonical HDF5 data file")
+    t.add_argument("--model", default="unet2d-small", help="zoo model name")
+    t.add_argument("--batch-size", type=int, default=16, help="samples per step")
     t.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     t.add_argument(
         "--repeats", type=int, default=2, help="alternating repeats; the best rate is kept"
     )
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--out", default="runs/bench/train.json")
+    t.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
+    t.add_argument("--out", default="runs/bench/train.json", help="output file or folder")
     c = sub.add_parser(
         "compress",
         help="baseline vs reference recipes",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    c.add_argument("--checkpoint", required=True)
-    c.add_argument("--data", required=True)
-    c.add_argument("--threads", type=int, default=2)
-    c.add_argument("--latency-runs", type=int, default=50)
-    c.add_argument("--out", default="runs/bench/compress")
-    _recovery_parser(sub)
+    c.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
+    c.add_argument("--data", required=True, help="canonical HDF5 data file")
+    c.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
+    c.add_argument("--latency-runs", type=int, default=50, help="timed runs per backend (>= 20)")
+    c.add_argument("--out", default="runs/bench/compress", help="output file or folder")
+    bench_recovery.add_parser(sub)
     e = sub.add_parser(
         "ceiling",
         help="GFLOP/s of one large 3x3 conv per runtime/precision; zoo models as %% of it",
@@ -189,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--conv-3d", type=int, default=32, help="ceiling conv 3D side (voxels)")
     e.add_argument("--input-2d", type=int, default=240, help="2D model input side")
     e.add_argument("--input-3d", type=int, default=96, help="3D model input side")
-    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
     e.add_argument("--runs", type=int, default=20, help="timed runs per measurement (>= 20)")
-    e.add_argument("--out", default="runs/bench/ceiling.json")
+    e.add_argument("--out", default="runs/bench/ceiling.json", help="output file or folder")
     _peers_parser(sub)
     bench_macs.add_parser(sub)
     args = parser.parse_args(argv)
@@ -200,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "peers":
         return _peers_main(parser, args)
     if args.command == "recovery":
-        return _recovery_main(parser, args)
+        return bench_recovery.command(parser, args)
     if args.command == "ceiling":
         return _ceiling_command(parser, args)
     if args.command == "train":
@@ -228,77 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _recovery_parser(sub: Any) -> None:
-    d = RecoverySettings()
-    r = sub.add_parser(
-        "recovery",
-        help="structured 0.5 with each recovery method, paired test CIs vs the baseline",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    r.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
-    r.add_argument("--data", required=True, help="canonical HDF5 data file")
-    r.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="per row")
-    r.add_argument("--ratio", type=float, default=d.ratio)
-    r.add_argument("--round-to", type=int, default=d.round_to)
-    r.add_argument("--distill-weight", type=float, default=d.distill_weight)
-    r.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
-    r.add_argument("--prune-rounds", type=int, default=d.prune_rounds)
-    r.add_argument("--regularize-steps", type=int, default=d.regularize_steps)
-    r.add_argument("--regularize-strength", type=float, default=d.regularize_strength)
-    r.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help="rows to run: a fine-tune, b distillation, c gradual, d regularised, e all three",
-    )
-    r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--latency-runs", type=int, default=50)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", default="runs/bench/recovery")
-
-
-def _recovery_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = sorted(set(methods) - set(METHODS))
-    if bad or not methods:
-        parser.error(f"--methods: unknown row(s) {bad or methods}; choose from {','.join(METHODS)}")
-    if args.finetune_steps < 1:
-        parser.error(
-            f"--finetune-steps must be >= 1 (rows compare fine-tuning), got {args.finetune_steps}"
-        )
-    settings = RecoverySettings(
-        finetune_steps=args.finetune_steps,
-        ratio=args.ratio,
-        round_to=args.round_to,
-        distill_weight=args.distill_weight,
-        distill_temperature=args.distill_temperature,
-        prune_rounds=args.prune_rounds,
-        regularize_steps=args.regularize_steps,
-        regularize_strength=args.regularize_strength,
-    )
-    try:
-        recovery_recipes(settings)  # every row's recipe validates before any work
-        load_checkpoint(args.checkpoint)
-        CanonicalDataset(args.data)
-    except (ValueError, CheckpointError, DataError) as exc:
-        parser.error(str(exc))
-    out = Path(args.out)
-    result = run_recovery(
-        args.checkpoint,
-        args.data,
-        out,
-        settings,
-        methods=methods,
-        threads=args.threads,
-        latency_runs=args.latency_runs,
-        seed=args.seed,
-    )
-    table = recovery_table(result)
-    write_text_atomic(out / "recovery.json", json.dumps(result, indent=2))
-    write_text_atomic(out / "recovery.md", table + "\n")
-    print(table)
-    return 0
-
-
 def _peers_parser(sub: Any) -> None:
     r = sub.add_parser(
         "peers",
@@ -311,10 +233,10 @@ def _peers_parser(sub: Any) -> None:
     r.add_argument(
         "--peers", default=",".join(ROWS[1:]), help=f"comma-separated, from {','.join(ROWS[1:])}"
     )
-    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
     r.add_argument("--latency-runs", type=int, default=50, help="paired rounds per row")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", default="runs/bench/peers")
+    r.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    r.add_argument("--out", default="runs/bench/peers", help="output file or folder")
 
 
 def _peers_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

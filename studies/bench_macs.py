@@ -120,9 +120,9 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--round-to", default="1,auto", help="comma-separated; auto: this CPU's")
     e.add_argument("--runtimes", default="ort,openvino", help="comma-separated: ort, openvino")
     e.add_argument("--side", type=int, default=240, help="input side (pixels / voxels)")
-    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
     e.add_argument("--rounds", type=int, default=50, help="paired rounds per row (>= 20)")
-    e.add_argument("--out", default="runs/bench/macs.json")
+    e.add_argument("--out", default="runs/bench/macs.json", help="output file or folder")
 
 
 def command(parser: Any, args: Any) -> int:

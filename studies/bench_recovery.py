@@ -23,7 +23,9 @@ machine load moves both sides of each round. Absolute milliseconds are for infor
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,10 +36,11 @@ from compress.pipeline import compress_checkpoint
 from compress.recipe import Recipe
 from studies.report_format import delta_ci, table_start
 from studies.sweep_spec import BASELINE_RECIPE
-from unet.checkpoint import read_checkpoint
+from unet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from unet.config import UNetConfig
-from unet.data.canonical import REGIONS, CanonicalDataset
+from unet.data.canonical import REGIONS, CanonicalDataset, DataError
 from unet.evaluate import evaluate_model
+from unet.io import write_text_atomic
 from unet.stats import paired_comparison
 
 METHODS = ("a", "b", "c", "d", "e")
@@ -204,3 +207,108 @@ def recovery_table(bench: dict[str, Any]) -> str:
             + f"| {'yes' if p['non_inferior'] else 'no'} |"
         )
     return "\n".join(lines)
+
+
+def add_parser(sub: Any) -> None:
+    """The ``recovery`` subcommand of `studies.bench`."""
+    d = RecoverySettings()
+    r = sub.add_parser(
+        "recovery",
+        help="structured 0.5 with each recovery method, paired test CIs vs the baseline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
+    r.add_argument("--data", required=True, help="canonical HDF5 data file")
+    r.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="per row")
+    r.add_argument(
+        "--ratio", type=float, default=d.ratio, help="structured: fraction of channels removed"
+    )
+    r.add_argument(
+        "--round-to",
+        type=int,
+        default=d.round_to,
+        help="structured widths rounded to a multiple of this",
+    )
+    r.add_argument(
+        "--distill-weight",
+        type=float,
+        default=d.distill_weight,
+        help="distillation loss weight (0 = off)",
+    )
+    r.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=d.distill_temperature,
+        help="distillation temperature T (loss scaled by T^2)",
+    )
+    r.add_argument(
+        "--prune-rounds",
+        type=int,
+        default=d.prune_rounds,
+        help="gradual pruning rounds (1 = one-shot)",
+    )
+    r.add_argument(
+        "--regularize-steps",
+        type=int,
+        default=d.regularize_steps,
+        help="group-regularisation steps before pruning (0 = off)",
+    )
+    r.add_argument(
+        "--regularize-strength",
+        type=float,
+        default=d.regularize_strength,
+        help="group-regularisation strength",
+    )
+    r.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="rows to run: a fine-tune, b distillation, c gradual, d regularised, e all three",
+    )
+    r.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
+    r.add_argument("--latency-runs", type=int, default=50, help="timed runs per backend (>= 20)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    r.add_argument("--out", default="runs/bench/recovery", help="output file or folder")
+
+
+def command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run ``python -m studies.bench recovery``: write recovery.json and recovery.md."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = sorted(set(methods) - set(METHODS))
+    if bad or not methods:
+        parser.error(f"--methods: unknown row(s) {bad or methods}; choose from {','.join(METHODS)}")
+    if args.finetune_steps < 1:
+        parser.error(
+            f"--finetune-steps must be >= 1 (rows compare fine-tuning), got {args.finetune_steps}"
+        )
+    settings = RecoverySettings(
+        finetune_steps=args.finetune_steps,
+        ratio=args.ratio,
+        round_to=args.round_to,
+        distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
+        prune_rounds=args.prune_rounds,
+        regularize_steps=args.regularize_steps,
+        regularize_strength=args.regularize_strength,
+    )
+    try:
+        recovery_recipes(settings)  # every row's recipe validates before any work
+        load_checkpoint(args.checkpoint)
+        CanonicalDataset(args.data)
+    except (ValueError, CheckpointError, DataError) as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
+    result = run_recovery(
+        args.checkpoint,
+        args.data,
+        out,
+        settings,
+        methods=methods,
+        threads=args.threads,
+        latency_runs=args.latency_runs,
+        seed=args.seed,
+    )
+    table = recovery_table(result)
+    write_text_atomic(out / "recovery.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "recovery.md", table + "\n")
+    print(table)
+    return 0

@@ -61,6 +61,7 @@ from studies.sweep_latency import resolve_latency_flags
 from studies.sweep_setup import default_study_name, prepare_study, time_estimate
 from studies.sweep_spec import SweepSpec
 from studies.sweep_worker import count_trials, run_workers
+from unet.stats import DEFAULT_MARGIN, DEFAULT_REGION_MARGIN
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -131,9 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-dice-drop",
         type=float,
-        default=0.05,
+        default=DEFAULT_MARGIN,
         help="a trial is infeasible when the lower end of the paired 95%% CI of its val "
-        "mean-Dice delta vs the baseline is below minus this",
+        "mean-Dice delta vs the baseline is below minus this (the test report's margin)",
+    )
+    p.add_argument(
+        "--max-region-drop",
+        type=float,
+        default=DEFAULT_REGION_MARGIN,
+        help="... or when that of any region's (WT, TC, ET) val Dice delta is below minus this",
     )
     p.add_argument(
         "--latency-backend",
@@ -181,8 +188,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(f"--latency-runs must be >= {MIN_RUNS}, got {args.latency_runs}")
     if min(args.finetune_steps) < 0 or len(set(args.finetune_steps)) != len(args.finetune_steps):
         parser.error(f"--finetune-steps must be distinct counts >= 0, got {args.finetune_steps}")
-    if not 0 < args.max_dice_drop <= 1:
-        parser.error(f"--max-dice-drop must be in (0, 1], got {args.max_dice_drop}")
+    for flag in ("max_dice_drop", "max_region_drop"):
+        if not 0 < getattr(args, flag) <= 1:
+            name = "--" + flag.replace("_", "-")
+            parser.error(f"{name} must be in (0, 1], got {getattr(args, flag)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     resolve_latency_flags(parser, args)
@@ -242,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         latency_runs=args.latency_runs,
         max_dice_drop=args.max_dice_drop,
+        max_region_drop=args.max_region_drop,
         finetune_steps=tuple(args.finetune_steps),
         latency_backend=args.latency_backend,
         round_to=args.round_to,

@@ -147,6 +147,16 @@ def model_row(
     return row
 
 
+def feasible_rule(info: dict[str, Any]) -> str:
+    """How the study judged feasibility on val (`studies.sweep_worker.constraint_value`)."""
+    rule = (
+        "feasible = the paired 95% CI of the val mean-Dice delta vs the baseline stays above "
+        f"-{info['max_dice_drop']:g}"
+    )
+    region = info.get("max_region_drop")
+    return rule if region is None else f"{rule} and every region's above -{region:g}"
+
+
 def open_data(study: optuna.Study, data: str | Path | None = None) -> CanonicalDataset:
     """The study's data file (or ``data``), checked against the stored fingerprint; the test
     volumes stay in memory while every Pareto model is evaluated on them."""
@@ -241,8 +251,7 @@ def report_markdown(
 {summary_line(rows, backend=backend)}
 
 The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: val
-mean Dice, deployable size, {name} latency at batch 1; feasible = the paired
-95% CI of the val mean-Dice delta vs the baseline stays above -{info["max_dice_drop"]}). Each
+mean Dice, deployable size, {name} latency at batch 1; {feasible_rule(info)}). Each
 model was then evaluated once on the **test** split with its stored threshold(s) and
 small-component removal (both chosen on val; Dice and HD95 per subject volume) and compared **paired** with the baseline over the same
 {rows[0].get("n_test_subjects", "?")} test subjects: *test delta* is the mean over subjects of
@@ -327,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: the study folder)")
     parser.add_argument("--data", default=None, help="data file (default: the stored path)")
     parser.add_argument("--threads", type=int, default=None, help="default: the sweep's")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda")
     parser.add_argument(
         "--margin",
         type=float,

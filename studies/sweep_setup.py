@@ -80,6 +80,7 @@ def prepare_study(
         "device": spec.device,
         "latency_runs": spec.latency_runs,
         "max_dice_drop": spec.max_dice_drop,
+        "max_region_drop": spec.max_region_drop,
         "finetune_steps": list(spec.finetune_steps),
         "objectives": list(OBJECTIVES),
         "latency_backend": spec.latency_backend,
@@ -88,7 +89,11 @@ def prepare_study(
     }
     stored = study.user_attrs.get("sweep")
     if stored is not None:
-        old_defaults = {"latency_backend": "ort_cpu", "round_to_choices": list(ROUND_TO)}
+        old_defaults = {
+            "latency_backend": "ort_cpu",
+            "round_to_choices": list(ROUND_TO),
+            "max_region_drop": None,  # studies before the region constraint had none
+        }
         if "baseline_recipe" in stored:  # fields added since take their defaults
             stored = {
                 **stored,
@@ -101,6 +106,8 @@ def prepare_study(
             ("finetune_steps", "finetune_steps"),
             ("latency_backend", "latency_backend"),
             ("round_to_choices", "round_to_choices"),
+            ("max_dice_drop", "max_dice_drop"),
+            ("max_region_drop", "max_region_drop"),
         ):
             if stored.get(key, old_defaults.get(key)) != info[key]:
                 raise ValueError(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from compress.recipe import Recipe
 from compress.runners import RUNTIMES
 from studies.search_space import FINETUNE_STEPS, ROUND_TO
+from unet.stats import DEFAULT_MARGIN, DEFAULT_REGION_MARGIN
 
 # The reference every trial is compared with: the baseline itself (dense, fp32 ONNX) with its
 # thresholds searched on val per region, as every trial's are; a baseline left at its training
@@ -36,7 +37,8 @@ class SweepSpec:
     device: str = "cpu"
     seed: int = 0
     latency_runs: int = 20
-    max_dice_drop: float = 0.05
+    max_dice_drop: float = DEFAULT_MARGIN  # feasibility on val: the test's non-inferiority rule
+    max_region_drop: float = DEFAULT_REGION_MARGIN
     finetune_steps: tuple[int, ...] = FINETUNE_STEPS
     latency_backend: str = "ort_cpu"
     round_to: int = ROUND_TO[-1]

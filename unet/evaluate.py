@@ -262,7 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
     parser.add_argument("--data", required=True, help="canonical HDF5 data file")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument(
+        "--split", choices=("val", "test"), default="val", help="which split to evaluate"
+    )
     parser.add_argument(
         "--out", required=True, help="output folder for metrics.csv and metrics.json"
     )
@@ -281,7 +283,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the stored small-component removal (meta['min_component'], unet.components)",
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
     parser.add_argument(
         "--reference",

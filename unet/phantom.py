@@ -248,9 +248,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, help="canonical HDF5 file to write")
-    p.add_argument("--subjects", type=int, default=defaults.subjects)
-    p.add_argument("--shape", type=int, nargs=3, metavar=("D", "H", "W"), default=defaults.shape)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--subjects", type=int, default=defaults.subjects, help="number of subjects")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        default=defaults.shape,
+        help="volume shape (voxels)",
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the draws")
     p.add_argument(
         "--difficulty",
         type=float,
@@ -258,7 +265,12 @@ def _parser() -> argparse.ArgumentParser:
         help="0 = clean and easy; higher = more noise/blur/bias, fainter and smaller "
         "tumours, more mimics",
     )
-    p.add_argument("--tumour-free-fraction", type=float, default=defaults.tumour_free_fraction)
+    p.add_argument(
+        "--tumour-free-fraction",
+        type=float,
+        default=defaults.tumour_free_fraction,
+        help="share of subjects without a tumour",
+    )
     p.add_argument(
         "--two-tumour-fraction",
         type=float,

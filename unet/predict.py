@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the stored small-component removal (meta['min_component'])",
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     try:
         model, meta = load_checkpoint(args.checkpoint)

@@ -44,7 +44,7 @@ def _sweep_argv(run: Run, trials: int) -> list[str]:
     return [
         "--data", str(run.data), "--baseline", str(run.baseline), "--threads", "1",
         "--study-name", "s", "--out", str(run.out), "--trials", str(trials), "--seed", "6",
-        "--finetune-steps", "0", "--max-dice-drop", "1", "--no-report",
+        "--finetune-steps", "0", "--max-dice-drop", "1", "--max-region-drop", "1", "--no-report",
     ]  # fmt: skip
 
 

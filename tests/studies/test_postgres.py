@@ -43,7 +43,7 @@ def _argv(
     return [
         "--data", str(data), "--baseline", str(baseline), "--threads", "1",
         "--storage", url, "--study-name", name, "--out", str(out), "--trials", str(trials),
-        "--finetune-steps", "0", "--max-dice-drop", "1", "--no-report", "--seed", str(seed),
+        "--finetune-steps", "0", "--max-dice-drop", "1", "--max-region-drop", "1", "--no-report", "--seed", str(seed),
     ]  # fmt: skip
 
 

@@ -158,6 +158,8 @@ _NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present
         (["--latency-backend", "tensorrt"], "invalid choice: 'tensorrt'"),
         (["--round-to", "eight"], "--round-to must be an integer >= 1 or 'auto', got 'eight'"),
         (["--round-to", "0"], "--round-to must be an integer >= 1 or 'auto', got 0"),
+        (["--max-dice-drop", "0"], "--max-dice-drop must be in (0, 1], got 0.0"),
+        (["--max-region-drop", "1.5"], "--max-region-drop must be in (0, 1], got 1.5"),
         # the CUDA backends on a machine without a GPU (selection and error path only)
         pytest.param(
             ["--latency-backend", "torch_cuda"],
@@ -330,6 +332,63 @@ def test_rerun_with_another_baseline_is_refused(
     assert "was run with another baseline" in capsys.readouterr().err
 
 
+def test_rerun_with_another_feasibility_rule_is_refused(
+    fake_compress: dict[str, Any],
+    fast_argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
+    assert main([*fast_argv, "--trials", "2", "--no-report", "--max-region-drop", "0.5"]) == 2
+    assert "was run with another max_region_drop" in capsys.readouterr().err
+
+
+class _Attrs:
+    """The part of an Optuna trial that `constraint_value` writes to."""
+
+    def __init__(self) -> None:
+        self.user_attrs: dict[str, Any] = {}
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+
+def _paired(ci: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    return {"ci95": {k: list(v) for k, v in ci.items()}, "dice_delta": {}}
+
+
+@pytest.mark.parametrize(
+    ("ci", "expected"),
+    [
+        # mean and every region within their margins: feasible by the smaller excess
+        ({"mean": (-0.004, 0.01), "WT": (-0.02, 0.01), "TC": (-0.01, 0), "ET": (0, 0.01)}, -0.006),
+        # the mean is fine but TC trades away up to 4 points: infeasible by 0.01
+        ({"mean": (-0.002, 0.02), "WT": (0, 0.05), "TC": (-0.04, 0), "ET": (-0.01, 0)}, 0.01),
+        # every region fine, the mean's lower bound too low: infeasible by 0.005
+        ({"mean": (-0.015, 0.0), "WT": (-0.02, 0), "TC": (-0.02, 0), "ET": (-0.02, 0)}, 0.005),
+    ],
+)
+def test_feasibility_is_non_inferiority_on_val(
+    ci: dict[str, tuple[float, float]], expected: float
+) -> None:
+    from studies.sweep_worker import constraint_value
+
+    info = {"baseline_metrics": {"val_dice": {"WT": 0.9, "TC": 0.9, "ET": 0.9, "mean": 0.9}}}
+    result = {
+        "compressed": {"val_dice": {"WT": 0.9, "TC": 0.88, "ET": 0.9, "mean": 0.893}},
+        "paired_val": _paired(ci),
+    }
+    trial = _Attrs()
+    value = constraint_value(trial, result, info, 0.01, 0.03)  # type: ignore[arg-type]
+    assert value == pytest.approx(expected)
+    assert trial.user_attrs["dice_drop"] == pytest.approx(0.007)
+    assert trial.user_attrs["dice_drop_bound"] == pytest.approx(-ci["mean"][0])
+    worst = max(-ci[r][0] for r in ("WT", "TC", "ET"))
+    assert trial.user_attrs["region_drop_bound"] == pytest.approx(worst)
+    # without per-subject rows, the point losses stand in: TC's 0.02 is within 0.03
+    del result["paired_val"]
+    assert constraint_value(_Attrs(), result, info, 0.01, 0.03) == pytest.approx(-0.003)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------ real runs
 
 
@@ -369,7 +428,7 @@ def test_end_to_end_search_never_reads_test_report_does(
     # every trial feasible (--max-dice-drop 1): the tiny models lose a lot, and the Pareto set
     # must not be empty here
     argv = [*sweep_argv, "--trials", "3", "--seed", "1", "--finetune-steps", "0", "2",
-            "--max-dice-drop", "1"]  # fmt: skip
+            "--max-dice-drop", "1", "--max-region-drop", "1"]  # fmt: skip
     assert main([*argv, "--no-report"]) == 0
     assert val_ids <= set(data_spy), "the search must evaluate on validation"
     assert not test_ids & set(data_spy), "the search read test subjects"
@@ -450,7 +509,7 @@ def test_four_workers_share_one_journal_on_two_cores(
     """4 worker processes, 1 thread each, on one journal file: exactly the asked trials, each
     in its own folder with its own result; the journal replays whole (no torn record)."""
     argv = [*sweep_argv, "--trials", "6", "--workers", "4", "--finetune-steps", "0",
-            "--seed", "6", "--max-dice-drop", "1", "--no-report"]  # fmt: skip
+            "--seed", "6", "--max-dice-drop", "1", "--max-region-drop", "1", "--no-report"]  # fmt: skip
     assert main(argv) == 0
     output = capfd.readouterr()
     assert "Traceback" not in output.out + output.err
