@@ -20,12 +20,14 @@ What a sweep (`studies.prune_sweep`) stores, and this module reads:
 * trial user attributes: ``recipe`` (`compress.recipe.Recipe.to_dict`), ``label``,
   ``trial_dir`` (``<study folder>/trials/<number>``), ``metrics`` (the compressed model's
   measurements, as in ``metrics.json``), ``dice_drop`` (val mean-Dice loss), ``dice_drop_bound``
-  (the loss at the lower end of its paired 95% CI), ``paired_val`` (`unet.stats.paired_comparison`
-  over the val subjects), ``worker``; ``error`` for failed trials;
+  (the loss at the lower end of its paired 95% CI), ``region_drop_bound`` (the same for the
+  worst region), ``paired_val`` (`unet.stats.paired_comparison` over the val subjects),
+  ``worker``; ``error`` for failed trials;
 * trial values: (val mean Dice, deployable size in bytes, latency in ms on the sweep's
   ``latency_backend``: the baseline's median divided by the trial's paired speed-up,
   `latency_objective_ms`; also stored in the trial's metrics as ``latency_objective_ms``);
-  the constraint ``dice_drop`` (feasible when ``dice_drop_bound`` <= ``--max-dice-drop``).
+  the constraint ``dice_drop`` (feasible when ``dice_drop_bound`` <= ``--max-dice-drop`` and
+  ``region_drop_bound`` <= ``--max-region-drop``: `studies.sweep_worker.constraint_value`).
 """
 
 from __future__ import annotations

@@ -143,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
         help="... or when that of any region's (WT, TC, ET) val Dice delta is below minus this",
     )
     p.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="do not queue the warm-start recipes (studies.warm_start) in a new study",
+    )
+    p.add_argument(
         "--latency-backend",
         choices=LATENCY_BACKENDS,
         default="ort_cpu",
@@ -252,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_runs=args.latency_runs,
         max_dice_drop=args.max_dice_drop,
         max_region_drop=args.max_region_drop,
+        warm_start=args.warm_start,
         finetune_steps=tuple(args.finetune_steps),
         latency_backend=args.latency_backend,
         round_to=args.round_to,

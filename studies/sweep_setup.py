@@ -24,6 +24,7 @@ from studies.storage import fail_dead_trials
 from studies.sweep_latency import searched_precisions
 from studies.sweep_spec import SweepSpec
 from studies.sweep_worker import count_trials
+from studies.warm_start import enqueue_warm_start, warm_start_params
 
 
 def _sha256(path: Path) -> str:
@@ -49,7 +50,8 @@ def prepare_study(
 ) -> optuna.Study:
     """Create or load the study; record the sweep settings and the baseline's measurements.
 
-    A stored study made with another data file or baseline is refused (``ValueError``).
+    A stored study made with another data file or baseline is refused (``ValueError``). A new
+    study queues its warm-start trials (`studies.warm_start`) unless ``spec.warm_start`` is off.
     """
     from compress.pipeline import compress_checkpoint
     from studies.machine import machine_info
@@ -127,6 +129,13 @@ def prepare_study(
             study.set_metric_names(list(OBJECTIVES))
         study.set_user_attr("sweep", info)
         study.set_user_attr("machine", machine_info(spec.threads))
+        if spec.warm_start:
+            enqueue_warm_start(
+                study,
+                warm_start_params(
+                    spec.finetune_steps, info["round_to_choices"], info["precisions"]
+                ),
+            )
     if "baseline_metrics" not in study.user_attrs:
         if progress:
             print(

@@ -42,6 +42,7 @@ class SweepSpec:
     finetune_steps: tuple[int, ...] = FINETUNE_STEPS
     latency_backend: str = "ort_cpu"
     round_to: int = ROUND_TO[-1]
+    warm_start: bool = True  # queue studies.warm_start's recipes in a new study
 
     @property
     def runtime(self) -> str:

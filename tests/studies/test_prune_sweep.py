@@ -332,6 +332,26 @@ def test_rerun_with_another_baseline_is_refused(
     assert "was run with another baseline" in capsys.readouterr().err
 
 
+def test_a_new_study_runs_the_warm_start_first_and_only_once(
+    fake_compress: dict[str, Any], fast_argv: list[str], tmp_path: Path
+) -> None:
+    from studies.warm_start import WARM_START_ATTR, WARM_START_RATIOS
+
+    assert main([*fast_argv, "--trials", "3", "--no-report"]) == 0
+    assert main([*fast_argv, "--trials", "4", "--no-report"]) == 0  # resumed: nothing re-queued
+    trials = sorted(_states(_load(tmp_path / "out"), TrialState.COMPLETE), key=lambda t: t.number)
+    warm = [t for t in trials if t.user_attrs.get(WARM_START_ATTR)]
+    assert [t.number for t in warm] == [0, 1]
+    assert [t.params["structured_ratio"] for t in warm] == list(WARM_START_RATIOS)
+    assert all(t.params["precision"] == "int8" for t in warm) and len(trials) == 4
+    off = [*fast_argv, "--trials", "2", "--no-report", "--no-warm-start", "--study-name", "t"]
+    assert main(off) == 0
+    assert not any(
+        t.user_attrs.get(WARM_START_ATTR)
+        for t in _load(tmp_path / "out", "t").get_trials(deepcopy=False)
+    )
+
+
 def test_rerun_with_another_feasibility_rule_is_refused(
     fake_compress: dict[str, Any],
     fast_argv: list[str],
