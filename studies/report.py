@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from studies.pareto import (
     LATENCY_NAMES,
+    OLD_OBJECTIVES,
     TrialModel,
     baseline_model,
     is_feasible,
@@ -147,6 +148,13 @@ def model_row(
     return row
 
 
+def dice_objective_name(info: dict[str, Any]) -> str:
+    """What the study's Dice objective was (`studies.pareto.dice_objective`)."""
+    if list(info.get("objectives", OLD_OBJECTIVES))[0] == OLD_OBJECTIVES[0]:
+        return "val mean Dice"
+    return "the lower end of the paired 95% CI of the val mean-Dice change vs the baseline"
+
+
 def feasible_rule(info: dict[str, Any]) -> str:
     """How the study judged feasibility on val (`studies.sweep_worker.constraint_value`)."""
     rule = (
@@ -250,8 +258,8 @@ def report_markdown(
 
 {summary_line(rows, backend=backend)}
 
-The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: val
-mean Dice, deployable size, {name} latency at batch 1; {feasible_rule(info)}). Each
+The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: {dice_objective_name(info)},
+deployable size, {name} latency at batch 1; {feasible_rule(info)}). Each
 model was then evaluated once on the **test** split with its stored threshold(s) and
 small-component removal (both chosen on val; Dice and HD95 per subject volume) and compared **paired** with the baseline over the same
 {rows[0].get("n_test_subjects", "?")} test subjects: *test delta* is the mean over subjects of

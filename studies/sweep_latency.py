@@ -22,7 +22,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from studies.pareto import latency_objective_ms
+from studies.pareto import dice_objective, latency_objective_ms
 
 # the precisions searched per deployment runtime (`compress.deploy`): OpenVINO runs bf16 itself
 # (a precision of its own, on CPUs with bf16 units); PyTorch has no int8 path here
@@ -47,15 +47,22 @@ def searched_precisions(backend: str) -> tuple[str, ...]:
 
 
 def objective_values(
-    metrics: dict[str, Any], backend: str = "ort_cpu", reference_ms: float | None = None
+    metrics: dict[str, Any],
+    backend: str = "ort_cpu",
+    reference_ms: float | None = None,
+    *,
+    paired: dict[str, Any] | None = None,
+    reference_dice: float = 0.0,
 ) -> tuple[float, float, float]:
-    """(val mean Dice, deployable size in bytes, latency in ms on ``backend``) of an M dict.
+    """(Dice objective, deployable size in bytes, latency in ms on ``backend``) of an M dict.
 
+    The Dice objective is `studies.pareto.dice_objective`: the lower end of the ``paired`` val
+    comparison's 95% CI of the mean-Dice change (else the point change vs ``reference_dice``).
     The latency is the baseline's median ``reference_ms`` (measured once per study) divided by
     the trial's paired speed-up on that backend (`studies.pareto.latency_objective_ms`).
     """
     return (
-        float(metrics["val_dice"]["mean"]),
+        dice_objective(metrics, paired, reference_dice),
         float(metrics["size_bytes"]),
         latency_objective_ms(metrics, backend, reference_ms),
     )

@@ -110,6 +110,7 @@ def prepare_study(
             ("round_to_choices", "round_to_choices"),
             ("max_dice_drop", "max_dice_drop"),
             ("max_region_drop", "max_region_drop"),
+            ("objectives", "objectives"),
         ):
             if stored.get(key, old_defaults.get(key)) != info[key]:
                 raise ValueError(

@@ -110,7 +110,13 @@ def run_trial(
     metrics = result["compressed"]
     backend = spec.latency_backend
     reference_ms = info["baseline_metrics"]["latency_ms"][backend]["median"]
-    values = objective_values(metrics, backend, reference_ms)
+    values = objective_values(
+        metrics,
+        backend,
+        reference_ms,
+        paired=result.get("paired_val"),
+        reference_dice=float(info["baseline_metrics"]["val_dice"]["mean"]),
+    )
     metrics["latency_objective_ms"] = values[2]
     trial.set_user_attr("metrics", metrics)  # the threshold curve stays in the folder
     trial.set_user_attr("artifact", result.get("artifact", "model.onnx"))
@@ -158,7 +164,8 @@ def trial_summary(trial: FrozenTrial) -> str:
         error = trial.user_attrs.get("error") or trial.system_attrs.get("fail_reason", "")
         error = (str(error).strip().splitlines() or [""])[0][:200]
         return f"trial {trial.number:>3} {trial.state.name}  {label}  {error}".rstrip()
-    dice, size, latency = trial.values
+    lower, size, latency = trial.values
+    dice = float(trial.user_attrs.get("metrics", {}).get("val_dice", {}).get("mean", float("nan")))
     mark = "" if is_feasible(trial) else "  (infeasible)"
     speedups = {
         k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k.startswith("speedup_")
@@ -166,7 +173,8 @@ def trial_summary(trial: FrozenTrial) -> str:
     paired = " ".join(f"{k.removeprefix('speedup_')} {v:.2f}x" for k, v in speedups.items())
     return (
         f"trial {trial.number:>3}  {label:<44} size {size / 1e6:7.3f} MB  "
-        f"{latency:7.2f} ms  val Dice {dice:.4f}{'  ' + paired if paired else ''}{mark}"
+        f"{latency:7.2f} ms  val Dice {dice:.4f} (lo {lower:+.4f})"
+        f"{'  ' + paired if paired else ''}{mark}"
     )
 
 

@@ -268,7 +268,8 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(
     for t in _states(study, TrialState.COMPLETE):
         assert Path(t.user_attrs["trial_dir"]) == tmp_path / "out" / "s" / "trials" / str(t.number)
         assert Recipe.from_dict(t.user_attrs["recipe"]).label == t.user_attrs["label"]
-        assert t.values[0] == t.user_attrs["metrics"]["val_dice"]["mean"]
+        # no per-subject rows from the fake: the Dice objective is the point change vs 0.8
+        assert t.values[0] == pytest.approx(t.user_attrs["metrics"]["val_dice"]["mean"] - 0.8)
 
 
 def test_recovery_recipe_round_trips_through_the_study_to_the_report_model(
@@ -360,6 +361,43 @@ def test_rerun_with_another_feasibility_rule_is_refused(
     assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
     assert main([*fast_argv, "--trials", "2", "--no-report", "--max-region-drop", "0.5"]) == 2
     assert "was run with another max_region_drop" in capsys.readouterr().err
+
+
+def test_a_study_with_the_old_dice_objective_is_not_resumed(
+    fake_compress: dict[str, Any],
+    fast_argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from studies.pareto import OLD_OBJECTIVES
+
+    assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
+    study = _load(tmp_path / "out")
+    study.set_user_attr("sweep", {**study.user_attrs["sweep"], "objectives": list(OLD_OBJECTIVES)})
+    assert main([*fast_argv, "--trials", "2", "--no-report"]) == 2
+    assert "was run with another objectives" in capsys.readouterr().err
+
+
+def _rows(deltas: list[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-subject rows of a candidate that changes every region by ``deltas`` vs 0.9."""
+
+    def row(i: int, d: float) -> dict[str, Any]:
+        return {"subject": f"s{i}", "dice": {r: 0.9 + d for r in ("WT", "TC", "ET", "mean")}}
+
+    return [row(i, d) for i, d in enumerate(deltas)], [row(i, 0.0) for i in range(len(deltas))]
+
+
+def test_dice_objective_prefers_a_consistent_model_to_one_lucky_subject() -> None:
+    from studies.pareto import dice_objective
+    from unet.stats import paired_comparison
+
+    lucky = paired_comparison(*_rows([0.0] * 24 + [0.09])).to_dict()  # one flip: mean +0.0036
+    steady = paired_comparison(*_rows([0.002] * 25)).to_dict()  # +0.002 on every subject
+    assert lucky["dice_delta"]["mean"] > steady["dice_delta"]["mean"]
+    metrics = {"val_dice": {"mean": 0.9}}
+    assert dice_objective(metrics, steady, 0.9) == pytest.approx(0.002)
+    assert dice_objective(metrics, lucky, 0.9) == pytest.approx(0.0)
+    assert dice_objective({"val_dice": {"mean": 0.85}}, None, 0.9) == pytest.approx(-0.05)
 
 
 class _Attrs:
