@@ -5,7 +5,8 @@
 
 Writes PNG + PDF of:
 
-* ``pareto_front``: val mean Dice vs deployable size (log axis) and vs ONNX Runtime CPU latency;
+* ``pareto_front``: the Dice objective (worst plausible val mean-Dice change vs the baseline) vs
+  deployable size (log axis) and vs ONNX Runtime CPU latency;
   every trial faint, the Pareto set (3 objectives, feasible) highlighted and numbered, the
   two-objective front of each panel as a step line, the baseline marked;
 * ``pruning_curves``: val mean Dice vs pruning compression factor (baseline non-zero params /
@@ -32,10 +33,12 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 from studies.figures_overlay import write_overlay  # noqa: E402
 from studies.pareto import (  # noqa: E402
     LATENCY_NAMES,
+    OLD_OBJECTIVES,
     TrialModel,
     baseline_model,
     load_study,
@@ -94,11 +97,20 @@ def _front_2d(points: np.ndarray) -> np.ndarray:
 
 
 def pareto_front_figure(study: optuna.Study) -> Figure:
-    """Dice vs size and Dice vs latency, all trials faint, the Pareto set highlighted."""
+    """Dice objective vs size and vs latency, all trials faint, the Pareto set highlighted.
+
+    The y axis is the study's Dice objective (`studies.pareto.dice_objective`: the lower end of
+    the paired 95% CI of the val mean-Dice change vs the baseline, the baseline at 0; the val
+    mean Dice for studies made before it), so the highlighted set is the front that is drawn.
+    """
     models = trial_models(study)
     pareto = {m.number for m in trial_models(study, pareto_only=True)}
     base = study.user_attrs["baseline_metrics"]
-    backend = sweep_info(study).get("latency_backend", "ort_cpu")
+    info = sweep_info(study)
+    backend = info.get("latency_backend", "ort_cpu")
+    objective = {t.number: t.values[0] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    old = list(info.get("objectives", OLD_OBJECTIVES))[0] == OLD_OBJECTIVES[0]
+    base_y = float(base["val_dice"]["mean"]) if old else 0.0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True, constrained_layout=True)
     axes_spec = (
         ("size_bytes", "deployable size (MB, log scale)", lambda m: m["size_bytes"] / 1e6),
@@ -110,7 +122,7 @@ def pareto_front_figure(study: optuna.Study) -> Figure:
     )
     for ax, (key, xlabel, xof) in zip(axes, axes_spec, strict=True):
         x = np.array([xof(m.metrics) for m in models])
-        y = np.array([m.val_dice["mean"] for m in models])
+        y = np.array([objective[m.number] for m in models])
         feas = np.array([m.feasible for m in models], dtype=bool)
         on = np.array([m.number in pareto for m in models], dtype=bool)
         if (~feas).any():
@@ -160,7 +172,7 @@ def pareto_front_figure(study: optuna.Study) -> Figure:
         bx = xof(base)
         ax.scatter(
             [bx],
-            [base["val_dice"]["mean"]],
+            [base_y],
             marker="*",
             s=180,
             color="black",
@@ -171,7 +183,11 @@ def pareto_front_figure(study: optuna.Study) -> Figure:
             log_axis(ax, [*x, bx])
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.25)
-    axes[0].set_ylabel("validation mean Dice (WT, TC, ET)")
+    axes[0].set_ylabel(
+        "validation mean Dice (WT, TC, ET)"
+        if old
+        else "val mean-Dice change vs baseline\n(lower end of the paired 95% CI)"
+    )
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside right upper", fontsize=8)
     labels = [f"#{m.number}: {m.label}" for m in models if m.number in pareto]

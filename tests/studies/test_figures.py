@@ -46,6 +46,22 @@ def test_pareto_front_figure(synthetic_study: optuna.Study) -> None:
     assert {t.get_text() for t in size_ax.texts} == {"#0", "#1", "#2"}
 
 
+def test_pareto_front_plots_the_dice_objective_of_new_studies(
+    synthetic_study: optuna.Study,
+) -> None:
+    from studies.pareto import OBJECTIVES
+
+    info = synthetic_study.user_attrs["sweep"]
+    synthetic_study.set_user_attr("sweep", {**info, "objectives": list(OBJECTIVES)})
+    for t in synthetic_study.get_trials():  # hand-made: objective values = val means here
+        assert t.values[0] == t.user_attrs["metrics"]["val_dice"]["mean"]
+    size_ax = pareto_front_figure(synthetic_study).axes[0]
+    assert _collection(size_ax, "baseline").tolist() == [[4.0, 0.0]]  # no change vs itself
+    assert "lower end of the paired 95% CI" in size_ax.get_ylabel()
+    pareto = _collection(size_ax, "Pareto set (3 objectives)")
+    assert sorted(pareto[:, 1]) == [0.86, 0.88, 0.90]  # the trials' stored objective values
+
+
 def test_pruning_curves_one_panel_per_method(synthetic_study: optuna.Study) -> None:
     fig = pruning_curves_figure(synthetic_study)
     titles = [ax.get_title() for ax in fig.axes]
