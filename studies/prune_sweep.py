@@ -1,4 +1,4 @@
-"""Optuna multi-objective search over compression recipes: val Dice vs size vs CPU latency.
+"""Optuna multi-objective search over compression recipes: val Dice vs size vs latency.
 
     python -m studies.prune_sweep                       # the embedded default, see below
     python -m studies.prune_sweep --data runs/phantom.h5 --baseline runs/unet2d-small.pt \\
@@ -10,9 +10,12 @@ Each trial samples a `compress.recipe.Recipe` (pruning method and ratio(s), fine
 precision and int8 calibration, threshold mode), runs `compress.apply.compress_checkpoint` into
 its own folder ``<out>/<study>/trials/<number>/`` (``model.onnx``, ``checkpoint.pt``,
 ``recipe.json``, ``metrics.json``) and returns three objectives, all on the **validation**
-split: mean Dice (maximise), deployable artifact size in bytes (minimise) and latency at batch
-1 in ms on the deployment target (minimise). The test split is read only afterwards, by the
-report (`studies.report`), for the Pareto models chosen on validation.
+split: the lower end of the paired 95% CI of the mean-Dice change vs the baseline
+(maximise; `studies.pareto.dice_objective`), deployable artifact size in bytes (minimise) and
+latency at batch 1 in ms on the deployment target (minimise); a trial is feasible when it is
+non-inferior on val (`studies.sweep_worker`). A new study first runs the warm-start recipes
+(`studies.warm_start`). The test split is read only afterwards, by the report
+(`studies.report`), for the Pareto models chosen on validation.
 
 Latency objective: ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (default
 ``ort_cpu``; ``ov_cpu`` is opt-in, see the README's known problems; a backend that cannot run
