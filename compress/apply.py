@@ -150,6 +150,42 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_recovery_arguments(p: Any, defaults: Any) -> None:
+    """The recovery flags (``--prune-rounds``, ``--distill-weight``, ``--distill-temperature``,
+    ``--regularize-steps``, ``--regularize-strength``) on a parser or argument group, with the
+    same-named attributes of ``defaults`` (a `Recipe`, or a benchmark's settings) as defaults."""
+    p.add_argument(
+        "--prune-rounds",
+        type=int,
+        default=defaults.prune_rounds,
+        help="reach the ratio in this many prune -> fine-tune rounds (1 = one-shot)",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=defaults.distill_weight,
+        help="weight of distillation from the unpruned baseline during fine-tuning (0 = off)",
+    )
+    p.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=defaults.distill_temperature,
+        help="distillation temperature T (the loss is scaled by T^2)",
+    )
+    p.add_argument(
+        "--regularize-steps",
+        type=int,
+        default=defaults.regularize_steps,
+        help="group-sparsity regularisation steps before structured/pairs pruning (0 = off)",
+    )
+    p.add_argument(
+        "--regularize-strength",
+        type=float,
+        default=defaults.regularize_strength,
+        help="Torch-Pruning GroupNormPruner reg coefficient",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m compress.apply",
@@ -221,36 +257,7 @@ def _parser() -> argparse.ArgumentParser:
         "sizes (voxels) on val (unet.components)",
     )
     r = p.add_argument_group("recovery after pruning")
-    r.add_argument(
-        "--prune-rounds",
-        type=int,
-        default=d.prune_rounds,
-        help="reach the ratio in this many prune -> fine-tune rounds (1 = one-shot)",
-    )
-    r.add_argument(
-        "--distill-weight",
-        type=float,
-        default=d.distill_weight,
-        help="weight of distillation from the unpruned baseline during fine-tuning (0 = off)",
-    )
-    r.add_argument(
-        "--distill-temperature",
-        type=float,
-        default=d.distill_temperature,
-        help="distillation temperature T (the loss is scaled by T^2)",
-    )
-    r.add_argument(
-        "--regularize-steps",
-        type=int,
-        default=d.regularize_steps,
-        help="group-sparsity regularisation steps before structured/pairs pruning (0 = off)",
-    )
-    r.add_argument(
-        "--regularize-strength",
-        type=float,
-        default=d.regularize_strength,
-        help="Torch-Pruning GroupNormPruner reg coefficient",
-    )
+    add_recovery_arguments(r, d)
     r.add_argument(
         "--cache-dir",
         default=None,

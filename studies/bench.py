@@ -34,6 +34,7 @@ from compress.apply import ratios
 from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
 from studies import bench_macs, bench_recovery
+from studies.bench_args import add_baseline_arguments, add_run_arguments
 from studies.bench_peers import ROWS
 from unet import zoo
 from unet.checkpoint import CheckpointError, load_checkpoint
@@ -152,18 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--repeats", type=int, default=2, help="alternating repeats; the best rate is kept"
     )
-    t.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
-    t.add_argument("--out", default="runs/bench/train.json", help="output file or folder")
+    add_run_arguments(t, "runs/bench/train.json")
     c = sub.add_parser(
         "compress",
         help="baseline vs reference recipes",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    c.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
-    c.add_argument("--data", required=True, help="canonical HDF5 data file")
-    c.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
-    c.add_argument("--latency-runs", type=int, default=50, help="timed runs per backend (>= 20)")
-    c.add_argument("--out", default="runs/bench/compress", help="output file or folder")
+    add_baseline_arguments(c)
+    add_run_arguments(c, "runs/bench/compress", latency_runs=50)
     bench_recovery.add_parser(sub)
     e = sub.add_parser(
         "ceiling",
@@ -227,16 +224,14 @@ def _peers_parser(sub: Any) -> None:
         help="a recipe vs ORT default int8, NNCF int8 on OpenVINO, Torch-Pruning's stock pruner",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    r.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
-    r.add_argument("--data", required=True, help="canonical HDF5 data file")
+    add_baseline_arguments(r)
     r.add_argument("--recipe", required=True, help="recipe.json of the project's row")
     r.add_argument(
         "--peers", default=",".join(ROWS[1:]), help=f"comma-separated, from {','.join(ROWS[1:])}"
     )
-    r.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
-    r.add_argument("--latency-runs", type=int, default=50, help="paired rounds per row")
-    r.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    r.add_argument("--out", default="runs/bench/peers", help="output file or folder")
+    add_run_arguments(
+        r, "runs/bench/peers", latency_runs=50, latency_help="paired rounds per row", seed=True
+    )
 
 
 def _peers_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

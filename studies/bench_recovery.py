@@ -31,9 +31,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compress.apply import add_recovery_arguments
 from compress.export import ort_forward, ort_session
 from compress.pipeline import compress_checkpoint
 from compress.recipe import Recipe
+from studies.bench_args import add_baseline_arguments, add_run_arguments
 from studies.report_format import delta_ci, table_start
 from studies.sweep_spec import BASELINE_RECIPE
 from unet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
@@ -217,8 +219,7 @@ def add_parser(sub: Any) -> None:
         help="structured 0.5 with each recovery method, paired test CIs vs the baseline",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    r.add_argument("--checkpoint", required=True, help="the baseline checkpoint (.pt)")
-    r.add_argument("--data", required=True, help="canonical HDF5 data file")
+    add_baseline_arguments(r)
     r.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="per row")
     r.add_argument(
         "--ratio", type=float, default=d.ratio, help="structured: fraction of channels removed"
@@ -229,45 +230,13 @@ def add_parser(sub: Any) -> None:
         default=d.round_to,
         help="structured widths rounded to a multiple of this",
     )
-    r.add_argument(
-        "--distill-weight",
-        type=float,
-        default=d.distill_weight,
-        help="distillation loss weight (0 = off)",
-    )
-    r.add_argument(
-        "--distill-temperature",
-        type=float,
-        default=d.distill_temperature,
-        help="distillation temperature T (loss scaled by T^2)",
-    )
-    r.add_argument(
-        "--prune-rounds",
-        type=int,
-        default=d.prune_rounds,
-        help="gradual pruning rounds (1 = one-shot)",
-    )
-    r.add_argument(
-        "--regularize-steps",
-        type=int,
-        default=d.regularize_steps,
-        help="group-regularisation steps before pruning (0 = off)",
-    )
-    r.add_argument(
-        "--regularize-strength",
-        type=float,
-        default=d.regularize_strength,
-        help="group-regularisation strength",
-    )
+    add_recovery_arguments(r, d)
     r.add_argument(
         "--methods",
         default=",".join(METHODS),
         help="rows to run: a fine-tune, b distillation, c gradual, d regularised, e all three",
     )
-    r.add_argument("--threads", type=int, default=2, help="intra-op threads (torch, ORT, OpenVINO)")
-    r.add_argument("--latency-runs", type=int, default=50, help="timed runs per backend (>= 20)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    r.add_argument("--out", default="runs/bench/recovery", help="output file or folder")
+    add_run_arguments(r, "runs/bench/recovery", latency_runs=50, seed=True)
 
 
 def command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

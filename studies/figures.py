@@ -38,9 +38,9 @@ from optuna.trial import TrialState  # noqa: E402
 from studies.figures_overlay import write_overlay  # noqa: E402
 from studies.pareto import (  # noqa: E402
     LATENCY_NAMES,
-    OLD_OBJECTIVES,
     TrialModel,
     baseline_model,
+    has_mean_dice_objective,
     load_study,
     sweep_info,
     trial_models,
@@ -109,7 +109,7 @@ def pareto_front_figure(study: optuna.Study) -> Figure:
     info = sweep_info(study)
     backend = info.get("latency_backend", "ort_cpu")
     objective = {t.number: t.values[0] for t in study.get_trials(states=(TrialState.COMPLETE,))}
-    old = list(info.get("objectives", OLD_OBJECTIVES))[0] == OLD_OBJECTIVES[0]
+    old = has_mean_dice_objective(info)
     base_y = float(base["val_dice"]["mean"]) if old else 0.0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True, constrained_layout=True)
     axes_spec = (

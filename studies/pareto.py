@@ -59,6 +59,12 @@ LATENCY_NAMES = {
 }
 
 
+def has_mean_dice_objective(info: dict[str, Any]) -> bool:
+    """Whether a study (its ``sweep`` info) was made with the plain val mean Dice as its first
+    objective (`OLD_OBJECTIVES`) rather than `dice_objective`."""
+    return list(info.get("objectives", OLD_OBJECTIVES))[0] == OLD_OBJECTIVES[0]
+
+
 def dice_objective(
     metrics: dict[str, Any], paired: dict[str, Any] | None, reference_dice: float
 ) -> float:

@@ -28,9 +28,9 @@ from optuna.trial import TrialState
 
 from studies.pareto import (
     LATENCY_NAMES,
-    OLD_OBJECTIVES,
     TrialModel,
     baseline_model,
+    has_mean_dice_objective,
     is_feasible,
     load_study,
     sweep_info,
@@ -150,7 +150,7 @@ def model_row(
 
 def dice_objective_name(info: dict[str, Any]) -> str:
     """What the study's Dice objective was (`studies.pareto.dice_objective`)."""
-    if list(info.get("objectives", OLD_OBJECTIVES))[0] == OLD_OBJECTIVES[0]:
+    if has_mean_dice_objective(info):
         return "val mean Dice"
     return "the lower end of the paired 95% CI of the val mean-Dice change vs the baseline"
 

@@ -353,29 +353,27 @@ def test_a_new_study_runs_the_warm_start_first_and_only_once(
     )
 
 
-def test_rerun_with_another_feasibility_rule_is_refused(
-    fake_compress: dict[str, Any],
-    fast_argv: list[str],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
-    assert main([*fast_argv, "--trials", "2", "--no-report", "--max-region-drop", "0.5"]) == 2
-    assert "was run with another max_region_drop" in capsys.readouterr().err
-
-
-def test_a_study_with_the_old_dice_objective_is_not_resumed(
+@pytest.mark.parametrize(
+    ("extra", "stored", "what"),
+    [
+        (["--max-region-drop", "0.5"], {}, "max_region_drop"),  # another feasibility rule
+        ([], {"objectives": ["val_dice_mean", "size_bytes", "latency_ms_ort"]}, "objectives"),
+    ],
+)
+def test_a_study_is_resumed_only_with_its_own_rule_and_objective(
+    extra: list[str],
+    stored: dict[str, Any],
+    what: str,
     fake_compress: dict[str, Any],
     fast_argv: list[str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from studies.pareto import OLD_OBJECTIVES
-
     assert main([*fast_argv, "--trials", "1", "--no-report"]) == 0
     study = _load(tmp_path / "out")
-    study.set_user_attr("sweep", {**study.user_attrs["sweep"], "objectives": list(OLD_OBJECTIVES)})
-    assert main([*fast_argv, "--trials", "2", "--no-report"]) == 2
-    assert "was run with another objectives" in capsys.readouterr().err
+    study.set_user_attr("sweep", {**study.user_attrs["sweep"], **stored})
+    assert main([*fast_argv, "--trials", "2", "--no-report", *extra]) == 2
+    assert f"was run with another {what}" in capsys.readouterr().err
 
 
 def _rows(deltas: list[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
