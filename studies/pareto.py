@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from compress.deploy import artifact_name
 from compress.recipe import Recipe
+from studies.repeats import is_repeat
 from unet.config import UNetConfig
 from unet.inference import Forward
 
@@ -242,13 +243,15 @@ def as_trial_model(trial: FrozenTrial) -> TrialModel:
 
 
 def trial_models(study: optuna.Study, *, pareto_only: bool = False) -> list[TrialModel]:
-    """Every COMPLETE trial (or only the Pareto set, chosen on validation), by trial number."""
+    """Every COMPLETE trial (or only the Pareto set, chosen on validation), by trial number;
+    each model once: a trial that repeated an earlier recipe (`studies.repeats`) is left out."""
     trials = (
         study.best_trials
         if pareto_only
         else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     )
-    return sorted((as_trial_model(t) for t in trials), key=lambda m: m.number)
+    models = (as_trial_model(t) for t in trials if not is_repeat(t))
+    return sorted(models, key=lambda m: m.number)
 
 
 def pareto_models(storage: str | BaseStorage, study_name: str) -> list[TrialModel]:

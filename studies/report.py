@@ -36,6 +36,7 @@ from studies.pareto import (
     sweep_info,
     trial_models,
 )
+from studies.repeats import is_repeat
 from studies.report_format import SHORT_BACKENDS, markdown_table, rows_csv, summary_line
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.io import write_text_atomic
@@ -245,9 +246,9 @@ def report_markdown(
     info = sweep_info(study)
     data = open_data(study, data_path)
     states = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
-    feasible = sum(
-        1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)
-    )
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    feasible = sum(1 for t in complete if is_feasible(t))
+    repeats = sum(1 for t in complete if is_repeat(t))
     splits = ", ".join(f"{s} {len(data.split(s))}" for s in ("train", "val", "test"))
     machine = study.user_attrs.get("machine")
     trained = study.user_attrs.get("baseline_as_trained")
@@ -281,8 +282,9 @@ thresholds and minimum component sizes per region, IQRs, MACs): `pareto.csv`.
 
 ## Study
 
-- Trials: {states[TrialState.COMPLETE]} complete ({feasible} feasible), \
-{states[TrialState.FAIL]} failed, {states[TrialState.RUNNING]} running
+- Trials: {states[TrialState.COMPLETE]} complete ({feasible} feasible; {repeats} repeated an \
+earlier recipe and reused its result), {states[TrialState.FAIL]} failed, \
+{states[TrialState.RUNNING]} running
 - Data: `{info["data"]}` (fingerprint {info["data_fingerprint"]}; subjects: {splits})
 - Baseline: `{info["baseline"]}` ({info["model"]})
 - Seed {info["seed"]}; device {info["device"]}

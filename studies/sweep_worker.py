@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from studies.pareto import CONSTRAINT, is_feasible
 from studies.refine import QueueInt8Twins
+from studies.repeats import REPEAT_ATTR, reuse_if_repeated
 from studies.search_space import PRECISIONS, ROUND_TO, make_sampler, suggest_recipe
 from studies.storage import WORKER_ATTR, fail_dead_trials, open_storage, worker_identity
 from studies.sweep_latency import objective_values, worker_references
@@ -88,6 +89,9 @@ def run_trial(
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("label", recipe.label)
     trial.set_user_attr("trial_dir", str(trial_dir))
+    repeated = reuse_if_repeated(trial, recipe.to_dict())
+    if repeated is not None:  # the same recipe ran before: the same model (`studies.repeats`)
+        return repeated  # type: ignore[return-value]
     killpoint("sweep.trial")
     try:
         result = compress_checkpoint(
@@ -167,6 +171,8 @@ def trial_summary(trial: FrozenTrial) -> str:
     lower, size, latency = trial.values
     dice = float(trial.user_attrs.get("metrics", {}).get("val_dice", {}).get("mean", float("nan")))
     mark = "" if is_feasible(trial) else "  (infeasible)"
+    if REPEAT_ATTR in trial.user_attrs:
+        mark += f"  (repeats trial {trial.user_attrs[REPEAT_ATTR]}: result reused)"
     speedups = {
         k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k.startswith("speedup_")
     }

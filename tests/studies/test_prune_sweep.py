@@ -333,6 +333,36 @@ def test_rerun_with_another_baseline_is_refused(
     assert "was run with another baseline" in capsys.readouterr().err
 
 
+def test_a_repeated_recipe_reuses_the_earlier_result_and_is_listed_once(
+    fake_compress: dict[str, Any],
+    fast_argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from studies.pareto import DIRECTIONS, trial_models
+    from studies.repeats import REPEAT_ATTR
+
+    out = tmp_path / "out"
+    storage = open_storage(journal_url(out / "s" / "study.journal"))
+    study = optuna.create_study(storage=storage, study_name="s", directions=list(DIRECTIONS))
+    same = {"prune": "structured", "structured_ratio": 0.5, "round_to": 8, "regularize_steps": 0,
+            "finetune_steps": 0, "precision": "fp32", "threshold": "global"}  # fmt: skip
+    other = {**same, "structured_ratio": 0.25}
+    for params in (same, same, other):
+        study.enqueue_trial(params)
+    assert main([*fast_argv, "--trials", "3", "--no-report", "--no-warm-start"]) == 0
+    assert fake_compress["calls"] == 2  # the repeat ran nothing
+    first, repeat, third = sorted(_states(_load(out), TrialState.COMPLETE), key=lambda t: t.number)
+    assert repeat.user_attrs[REPEAT_ATTR] == first.number and REPEAT_ATTR not in third.user_attrs
+    assert repeat.values == first.values and repeat.constraints == first.constraints
+    assert repeat.user_attrs["trial_dir"] == first.user_attrs["trial_dir"]  # the same model
+    assert repeat.user_attrs["metrics"] == first.user_attrs["metrics"]
+    assert not (out / "s" / "trials" / str(repeat.number)).exists()
+    assert [m.number for m in trial_models(_load(out))] == [first.number, third.number]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "trial" in ln and "MB" in ln]
+    assert sum(f"repeats trial {first.number}" in ln for ln in lines) == 1
+
+
 def test_a_new_study_runs_the_warm_start_first_and_only_once(
     fake_compress: dict[str, Any], fast_argv: list[str], tmp_path: Path
 ) -> None:
