@@ -17,9 +17,10 @@ independent of ``T`` (Hinton et al. 2015). The teacher runs in eval mode under
     from unet.train_loop import fit
     fit(pruned, "runs/phantom.h5", steps=200, extra_loss=Distillation(baseline, weight=1.0))
 
-Teacher outputs are computed per batch, not cached: within a fine-tune every batch is a new
-draw (`unet.data.datasets`), and gradual pruning gives each round its own draws, so a cache
-would never be hit.
+Within one fine-tune every batch is a new draw (`unet.data.datasets`), so the teacher runs once
+per batch. Across fine-tunes the draws repeat (the same seed gives the same batches): a sweep
+passes one `compress.teacher_cache.TeacherCache` to every trial's distillation, so each batch's
+teacher logits are computed once per worker.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from compress.teacher_cache import TeacherCache
 
 
 def binary_kl_with_logits(
@@ -65,9 +68,17 @@ def check_temperature(temperature: float) -> float:
 class Distillation:
     """``extra_loss(image, logits)`` for `unet.train_loop.fit`: ``weight`` x the binary KL
     between a frozen ``teacher`` (a copy is kept, in eval mode, on the logits' device) and
-    the student's ``logits`` on the same ``image`` batch."""
+    the student's ``logits`` on the same ``image`` batch. With ``cache``
+    (`compress.teacher_cache.TeacherCache`), the teacher's logits of a batch seen before (by
+    this or another fine-tune with the same teacher) are reused, not recomputed."""
 
-    def __init__(self, teacher: nn.Module, weight: float = 1.0, temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        weight: float = 1.0,
+        temperature: float = 1.0,
+        cache: TeacherCache | None = None,
+    ) -> None:
         if not (isinstance(weight, (int, float)) and 0 <= weight < math.inf):
             raise ValueError(f"distillation weight must be a number >= 0, got {weight!r}")
         self.weight = float(weight)
@@ -75,6 +86,9 @@ class Distillation:
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.cache = cache
+        if cache is not None:
+            cache.bind(self.teacher)
 
     @torch.no_grad()
     def teacher_logits(self, image: torch.Tensor) -> torch.Tensor:
@@ -87,5 +101,8 @@ class Distillation:
     def __call__(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.weight == 0:
             return logits.new_zeros((), dtype=torch.float32)
-        target = self.teacher_logits(image)
+        if self.cache is None:
+            target = self.teacher_logits(image)
+        else:
+            target = self.cache.logits(image, self.teacher_logits)
         return self.weight * binary_kl_with_logits(logits, target, self.temperature)

@@ -63,6 +63,7 @@ from compress.quantize import quantize_int8
 from compress.recipe import Recipe
 from compress.recovery import recover
 from compress.runners import reference_calls
+from compress.teacher_cache import TeacherCache
 from compress.threshold import search_thresholds
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.components import as_min_components
@@ -238,6 +239,7 @@ def compress_checkpoint(
     backends: Sequence[str] | None = None,
     references: Mapping[str, Callable[[], object]] | None = None,
     prepared: UNet | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on the ``baseline`` checkpoint; write artifacts into ``out_dir``; return metrics.
 
@@ -249,6 +251,8 @@ def compress_checkpoint(
     ``references`` (`compress.runners.reference_calls`; the sweep keeps them open for the whole
     study); without ``references`` they are built here from the baseline. The compressed M
     gains ``paired`` and ``speedup_<backend>`` (the paired ratio baseline / compressed).
+    ``teacher_cache``: distillation teacher logits kept across calls on the same baseline
+    (`compress.teacher_cache`; the sweep keeps one per worker).
     ``prepared``: a model already pruned and fine-tuned elsewhere (e.g. by another pruner, for
     `studies.bench_peers`), deployed instead of running the recipe's prune + fine-tune stage;
     the recipe's precision, runtime and threshold still apply.
@@ -276,8 +280,9 @@ def compress_checkpoint(
         model = prepared.cpu().eval()
     else:
         model = recover(
-            baseline, data, recipe, cache_dir=cache_dir, seed=seed, device=device, progress=progress
-        )
+            baseline, data, recipe, cache_dir=cache_dir, seed=seed, device=device,
+            progress=progress, teacher_cache=teacher_cache,
+        )  # fmt: skip
     cfg = model.config
 
     onnx_path = out / "model.onnx" if recipe.runtime == "ort" else None

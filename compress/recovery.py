@@ -25,6 +25,7 @@ from compress.finetune import finetune
 from compress.gradual import prune_gradually
 from compress.recipe import Recipe
 from compress.regularize import ensure_regularized, regularize
+from compress.teacher_cache import TeacherCache
 from unet.checkpoint import load_checkpoint
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import as_dataset
@@ -41,16 +42,20 @@ def prune_and_finetune(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    teacher_cache: TeacherCache | None = None,
 ) -> UNet:
     """Prune ``model`` as the recipe says (in ``prune_rounds``), fine-tuning after each round,
-    with distillation from ``teacher`` if ``distill_weight`` > 0. Returns the model on the CPU,
-    in eval mode."""
+    with distillation from ``teacher`` if ``distill_weight`` > 0 (its logits reused from
+    ``teacher_cache`` where a batch was seen before). Returns the model on the CPU, in eval
+    mode."""
     data = as_dataset(data)
     distill = None
     if recipe.distill_weight > 0:
         if teacher is None:
             raise ValueError("recipe: distill_weight > 0 needs a teacher (the unpruned baseline)")
-        distill = Distillation(teacher, recipe.distill_weight, recipe.distill_temperature)
+        distill = Distillation(
+            teacher, recipe.distill_weight, recipe.distill_temperature, cache=teacher_cache
+        )
 
     def tune(m: UNet, steps: int, round_index: int) -> UNet:
         return finetune(
@@ -78,8 +83,10 @@ def recover(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    teacher_cache: TeacherCache | None = None,
 ) -> UNet:
-    """The recipe's whole prune + fine-tune stage on the ``baseline`` checkpoint (module doc)."""
+    """The recipe's whole prune + fine-tune stage on the ``baseline`` checkpoint (module doc);
+    ``teacher_cache`` keeps the distillation teacher's logits across calls (one baseline)."""
     data = as_dataset(data)
     teacher, meta = load_checkpoint(Path(baseline))
     start = teacher
@@ -104,4 +111,5 @@ def recover(
         seed=seed,
         device=device,
         progress=progress,
+        teacher_cache=teacher_cache,
     )

@@ -41,6 +41,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from compress.teacher_cache import TeacherCache
 from studies.pareto import CONSTRAINT, is_feasible
 from studies.refine import QueueInt8Twins
 from studies.repeats import REPEAT_ATTR, reuse_if_repeated
@@ -55,6 +56,9 @@ from unet.killpoints import killpoint
 # per worker: the default phantom's train and val volumes (~1 GB) fit; larger data sets keep
 # what fits and read the rest from the file
 DATA_CACHE_MB = 2048
+# teacher logits of the distilled fine-tunes, per worker: ~0.8 MB per batch of 16 2D crops at
+# 64x64, so every batch of the default search space fits
+TEACHER_CACHE_MB = 1024
 
 
 def run_trial(
@@ -62,12 +66,14 @@ def run_trial(
     spec: SweepSpec,
     references: dict[str, Any] | None = None,
     data: CanonicalDataset | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> tuple[float, float, float]:
     """The objective: compress the baseline with a sampled recipe, measure it on val.
 
     ``references``: the baseline's timed calls (`worker_references`); built per trial if None.
     ``data``: the worker's open data set (its volume cache is shared by the worker's trials);
-    ``spec.data`` is opened if None.
+    ``spec.data`` is opened if None. ``teacher_cache``: the worker's distillation teacher
+    logits (`compress.teacher_cache`), shared by its trials; None computes them per trial.
     """
     from compress.pipeline import compress_checkpoint
 
@@ -107,6 +113,7 @@ def run_trial(
             cache_dir=Path(spec.study_dir) / "cache",  # regularised baselines, once per study
             backends=spec.backends,
             references=references,
+            teacher_cache=teacher_cache,
         )
     except Exception as exc:
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
@@ -244,10 +251,13 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
     # one open data set per worker: every trial's fine-tune, calibration and validation read
     # the same volumes, so they stay in memory after the first trial (CanonicalDataset cache)
     data = CanonicalDataset(spec.data, cache_mb=DATA_CACHE_MB)
+    # the fine-tunes of all trials draw the same batches (same seed): the teacher's logits of
+    # each batch are computed once per worker
+    teacher_cache = TeacherCache(TEACHER_CACHE_MB)
     twins = QueueInt8Twins(study.user_attrs["sweep"].get("precisions", PRECISIONS))
     while not failures.stopped and wait_for_slot(study, spec.trials, deadline):
         study.optimize(
-            lambda trial: run_trial(trial, spec, references, data),
+            lambda trial: run_trial(trial, spec, references, data, teacher_cache),
             n_trials=1,
             callbacks=[failures, _Report(bar), twins],
             catch=(Exception,),

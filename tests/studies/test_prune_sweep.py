@@ -18,6 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from compress.recipe import Recipe
+from compress.teacher_cache import TeacherCache
 from studies.prune_sweep import main
 from studies.search_space import (
     DISTILL_WEIGHTS,
@@ -231,6 +232,7 @@ def fake_compress(monkeypatch: pytest.MonkeyPatch, make_metrics: Any) -> dict[st
             }
         state["calls"] += 1
         state["kwargs"] = kw
+        state.setdefault("teacher_caches", []).append(kw.get("teacher_cache"))
         if state["calls"] in state["fail_on"]:
             raise RuntimeError(f"boom on call {state['calls']}")
         keep = 1.0 - recipe.ratio
@@ -352,6 +354,8 @@ def test_a_repeated_recipe_reuses_the_earlier_result_and_is_listed_once(
         study.enqueue_trial(params)
     assert main([*fast_argv, "--trials", "3", "--no-report", "--no-warm-start"]) == 0
     assert fake_compress["calls"] == 2  # the repeat ran nothing
+    one, two = fake_compress["teacher_caches"]  # the worker's trials share its teacher logits
+    assert isinstance(one, TeacherCache) and one is two
     first, repeat, third = sorted(_states(_load(out), TrialState.COMPLETE), key=lambda t: t.number)
     assert repeat.user_attrs[REPEAT_ATTR] == first.number and REPEAT_ATTR not in third.user_attrs
     assert repeat.values == first.values and repeat.constraints == first.constraints
