@@ -182,7 +182,7 @@ def open_data(study: optuna.Study, data: str | Path | None = None) -> CanonicalD
 def build_rows(
     study: optuna.Study,
     *,
-    data: str | Path | None = None,
+    data: CanonicalDataset | str | Path | None = None,
     threads: int | None = None,
     device: str = "cpu",
     margin: float = DEFAULT_MARGIN,
@@ -191,10 +191,12 @@ def build_rows(
     """Baseline row, then one row per Pareto model (best val mean Dice first), each compared
     paired with the baseline over the test subjects (`add_paired_columns`).
 
+    ``data``: the study's data file if it moved (checked against the stored fingerprint), or an
+    open data set used as it is (`studies.external`: another file's test split).
     A Pareto model whose folder is not on this machine (another worker host) is left out with
     a warning on stderr.
     """
-    ds = open_data(study, data)
+    ds = data if isinstance(data, CanonicalDataset) else open_data(study, data)
     base = study.user_attrs["baseline_metrics"]
     pareto = sorted(
         trial_models(study, pareto_only=True),

@@ -20,13 +20,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def write_blob_dataset(
-    path: Path, subjects: int = 8, shape: tuple[int, int, int] = (8, 32, 32), seed: int = 0
+    path: Path,
+    subjects: int = 8,
+    shape: tuple[int, int, int] = (8, 32, 32),
+    seed: int = 0,
+    split_fractions: tuple[float, float, float] | None = None,
 ) -> Path:
     """Random subjects with one nested spherical 'tumour' (oedema > core > enhancing) each."""
     rng = np.random.default_rng(seed)
     d, h, w = shape
     zz, yy, xx = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
-    with CanonicalWriter(path, source="test-blobs") as writer:
+    splits = {} if split_fractions is None else {"split_fractions": split_fractions}
+    with CanonicalWriter(path, source="test-blobs", **splits) as writer:
         for i in range(subjects):
             c = rng.uniform([2, 8, 8], [d - 2, h - 8, w - 8])
             r = np.sqrt(((zz - c[0]) * 2.0) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)

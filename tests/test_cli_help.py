@@ -20,6 +20,7 @@ CLIS = (
     "unet.data.import_nifti",
     "compress.apply",
     "studies.bench",
+    "studies.external",
     "studies.figures",
     "studies.pair_sensitivity",
     "studies.prune_sweep",

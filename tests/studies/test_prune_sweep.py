@@ -503,7 +503,11 @@ def data_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 @pytest.mark.slow
 def test_end_to_end_search_never_reads_test_report_does(
-    sweep_argv: list[str], blob_data: Path, tmp_path: Path, data_spy: list[str]
+    sweep_argv: list[str],
+    blob_data: Path,
+    tmp_path: Path,
+    data_spy: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from compress.export import ort_session
     from studies.pareto import pareto_models
@@ -576,6 +580,26 @@ def test_end_to_end_search_never_reads_test_report_does(
     assert report.main(["--study", "s", "--storage", storage, "--out", str(tmp_path / "r")]) == 0
     again = list(csv.DictReader((tmp_path / "r" / "pareto.csv").open()))
     assert [r["test_dice_mean"] for r in again] == [r["test_dice_mean"] for r in rows]
+
+    # an external test set: another file's test subjects only, paired columns, own folder
+    from studies import external
+    from tests.conftest import write_blob_dataset
+
+    ext = write_blob_dataset(tmp_path / "ext.h5", 5, seed=9, split_fractions=(0.0, 0.0, 1.0))
+    data_spy.clear()
+    assert external.main(["--study", "s", "--storage", storage, "--data", str(ext)]) == 0
+    assert set(data_spy) == set(CanonicalDataset(ext).split("test"))  # 5 new subjects, all read
+    folder = study_dir / f"external-{CanonicalDataset(ext).fingerprint}"
+    ext_rows = list(csv.DictReader((folder / "external.csv").open()))
+    assert [r["trial"] for r in ext_rows] == [r["trial"] for r in rows]
+    assert all(
+        float(r["test_dice_delta_lo"]) <= float(r["test_dice_delta_hi"]) for r in ext_rows[1:]
+    )
+    assert json.loads((folder / "external.json").read_text())["baseline"]["n_test_subjects"] == 5
+    assert "external test set" in (folder / "external.md").read_text()
+    with pytest.raises(SystemExit):  # the study's own data is not external
+        external.main(["--study", "s", "--storage", storage, "--data", str(blob_data)])
+    assert "error: " in capsys.readouterr().err
 
     # every Pareto model loads (checkpoint and ONNX) and reproduces its stored val Dice
     for m in models:
