@@ -59,14 +59,16 @@ def test_paired_stats_refuses_bad_timings(cand: list, ref: list, match: str) -> 
 
 
 def _work() -> int:
-    return sum(i * i for i in range(200_000))
+    return sum(i * i for i in range(500_000))  # ~30 ms alone, ~90 ms beside two burners
 
 
 def test_paired_ratio_recovered_under_background_load() -> None:
     """A candidate doing the reference's work twice: speed-up 0.5 within 10% while two
     CPU-burning processes compete for the same core (all three pinned to one CPU, so the load
     is steady; on two free cores the scheduler's migrations made the share jump between 1/2
-    and 1 from one call to the next, and the test failed once in a CI run at 0.67)."""
+    and 1 from one call to the next, and the test failed once in a CI run at 0.67). Each call is
+    several scheduler time slices long: with a 12 ms unit of work the slices biased the ratio
+    to 0.56 in five runs of five; with ~30 ms it gave 0.48-0.51 in seven."""
     burn = "import time\nt = time.time() + 30\nwhile time.time() < t: pass\n"
     mine = os.sched_getaffinity(0)
     cpu = {min(mine)}
@@ -76,7 +78,7 @@ def test_paired_ratio_recovered_under_background_load() -> None:
             os.sched_setaffinity(b.pid, cpu)
         os.sched_setaffinity(0, cpu)
         time.sleep(0.2)
-        p = paired_latency(lambda: (_work(), _work()), _work, threads=1, rounds=30, warmup=2)
+        p = paired_latency(lambda: (_work(), _work()), _work, threads=1, rounds=20, warmup=1)
     finally:
         os.sched_setaffinity(0, mine)
         for b in burners:
