@@ -68,7 +68,7 @@ def test_paired_ratio_recovered_under_background_load() -> None:
     is steady; on two free cores the scheduler's migrations made the share jump between 1/2
     and 1 from one call to the next, and the test failed once in a CI run at 0.67). Each call is
     several scheduler time slices long: with a 12 ms unit of work the slices biased the ratio
-    to 0.56 in five runs of five; with ~30 ms it gave 0.48-0.51 in seven."""
+    to 0.56 (5 failures in 6 runs); with ~30 ms it gave 0.48-0.51 in seven."""
     burn = "import time\nt = time.time() + 30\nwhile time.time() < t: pass\n"
     mine = os.sched_getaffinity(0)
     cpu = {min(mine)}
