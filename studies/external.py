@@ -33,7 +33,7 @@ from typing import Any
 import optuna
 
 from studies.pareto import LATENCY_NAMES, load_study, sweep_info
-from studies.report import build_rows
+from studies.report import build_rows, parse_evaluation_arguments
 from studies.report_format import markdown_table, rows_csv, summary_line
 from unet.data.canonical import CanonicalDataset
 from unet.io import write_text_atomic
@@ -123,30 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data file), paired with its baseline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--study", required=True, help="study name")
-    parser.add_argument("--storage", required=True, help="storage URL (journal:PATH, ...)")
     parser.add_argument(
         "--data", required=True, help="the external canonical file (its test split)"
     )
     parser.add_argument(
         "--out", default=None, help="output folder (default: <study folder>/external-<fingerprint>)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="default: the sweep's")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda")
-    parser.add_argument(
-        "--margin", type=float, default=DEFAULT_MARGIN, help="non-inferiority margin, mean Dice"
-    )
-    parser.add_argument(
-        "--region-margin",
-        type=float,
-        default=DEFAULT_REGION_MARGIN,
-        help="non-inferiority margin of every region's Dice",
-    )
-    args = parser.parse_args(argv)
-    if not (args.margin >= 0 and args.region_margin >= 0):
-        parser.error(
-            f"--margin and --region-margin must be >= 0, got {args.margin}, {args.region_margin}"
-        )
+    args = parse_evaluation_arguments(parser, argv)
     try:
         study = load_study(args.storage, args.study)
         paths = write_external(

@@ -337,16 +337,14 @@ def write_report(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m studies.report",
-        description="Evaluate a stored sweep's Pareto set on the test split; write the report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def parse_evaluation_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Add the flags every Pareto-set evaluation takes (``--study``, ``--storage``,
+    ``--threads``, ``--device``, ``--margin``, ``--region-margin``; also `studies.external`),
+    parse ``argv`` and refuse negative margins with one ``error:`` line."""
     parser.add_argument("--study", required=True, help="study name")
     parser.add_argument("--storage", required=True, help="storage URL (journal:PATH, ...)")
-    parser.add_argument("--out", default=None, help="output folder (default: the study folder)")
-    parser.add_argument("--data", default=None, help="data file (default: the stored path)")
     parser.add_argument("--threads", type=int, default=None, help="default: the sweep's")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda")
     parser.add_argument(
@@ -366,6 +364,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"--margin and --region-margin must be >= 0, got {args.margin}, {args.region_margin}"
         )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m studies.report",
+        description="Evaluate a stored sweep's Pareto set on the test split; write the report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: the study folder)")
+    parser.add_argument("--data", default=None, help="data file (default: the stored path)")
+    args = parse_evaluation_arguments(parser, argv)
     try:
         study = load_study(args.storage, args.study)
         info = sweep_info(study)
