@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 from typing import Any
 
@@ -133,3 +134,18 @@ def test_csv_has_the_issue_columns_baseline_first(make_metrics: Any) -> None:
     assert [r["trial"] for r in parsed] == ["baseline", "3"]
     assert float(parsed[1]["compression_factor"]) == pytest.approx(2.0)
     assert float(parsed[0]["speedup_ort"]) == 1.0
+
+
+@pytest.mark.parametrize("module", ["studies.report", "studies.external"])
+def test_negative_margins_are_one_error_line(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = importlib.import_module(module).main
+    argv = ["--study", "s", "--storage", "journal:/nonexistent", "--region-margin", "-0.1"]
+    if module == "studies.external":
+        argv += ["--data", "/nonexistent.h5"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: --margin and --region-margin must be >= 0, got 0.01, -0.1")
