@@ -28,6 +28,7 @@ from compress.recipe import (
     PRECISIONS,
     PRUNE_METHODS,
     RUNTIMES,
+    SELECTION_RULES,
     THRESHOLD_MODES,
     Recipe,
 )
@@ -256,6 +257,14 @@ def _parser() -> argparse.ArgumentParser:
         help="small-component removal: keep all voxels, or search per-region minimum component "
         "sizes (voxels) on val (unet.components)",
     )
+    p.add_argument(
+        "--selection",
+        choices=SELECTION_RULES,
+        default=d.selection,
+        help="how the val searches choose: the argmax (best), or the baseline's stored "
+        "threshold(s) and sizes unless a gain beyond one standard error over val subjects "
+        "(one-se; unet.selection)",
+    )
     r = p.add_argument_group("recovery after pruning")
     add_recovery_arguments(r, d)
     r.add_argument(
@@ -315,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 int8_max_drop=args.int8_max_drop,
                 threshold=args.threshold,
                 components=args.components,
+                selection=args.selection,
                 prune_rounds=args.prune_rounds,
                 distill_weight=args.distill_weight,
                 distill_temperature=args.distill_temperature,

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from unet.components import component_sizes
+from unet.components import as_min_components, component_sizes
 from unet.data.canonical import REGIONS, CanonicalDataset, regions_from_label
 from unet.evaluate import Item, as_thresholds
+from unet.selection import check_rule, one_se_choice
 
 DEFAULT_SIZE_GRID = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 CAP_FRACTION = 0.5  # of the smallest training tumour, per region
@@ -70,10 +71,14 @@ class ComponentResult:
     val_dice: dict[str, float]  # {"WT", "TC", "ET", "mean"} at the chosen sizes
     curve: dict[str, tuple[list[int], list[float]]]  # region -> (sizes tried, val mean Dice)
     caps: dict[str, int] | None = None  # the largest size tried per region (None: no cap)
+    rule: str = "best"  # `unet.selection.RULES`
+    anchor: dict[str, int] | None = None  # the one-se rule's anchor (None with "best")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "min_component": dict(self.min_component),
+            "rule": self.rule,
+            "anchor": dict(self.anchor) if self.anchor is not None else None,
             "caps": dict(self.caps) if self.caps is not None else None,
             "val_dice": dict(self.val_dice),
             "curve": {r: {"min_size": s, "dice": d} for r, (s, d) in self.curve.items()},
@@ -87,15 +92,15 @@ def _check_grid(grid: Sequence[int]) -> list[int]:
     return sizes
 
 
-def _region_dice(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], min_size: int) -> float:
-    """Val mean Dice of one region when components below ``min_size`` voxels are removed."""
+def _region_dice(parts: Sequence[tuple[np.ndarray, np.ndarray, int]], min_size: int) -> np.ndarray:
+    """Val Dice per subject of one region when components below ``min_size`` voxels are removed."""
     scores = []
     for sizes, hits, truth in parts:
         kept = sizes >= min_size
         predicted, tp = int(sizes[kept].sum()), int(hits[kept].sum())
         total = predicted + truth
         scores.append(2.0 * tp / total if total else 1.0)
-    return float(np.mean(scores))
+    return np.asarray(scores, dtype=np.float64)
 
 
 def search_min_components(
@@ -103,12 +108,20 @@ def search_min_components(
     threshold: float | Mapping[str, float] | None,
     grid: Sequence[int] = DEFAULT_SIZE_GRID,
     caps: Mapping[str, int] | None = None,
+    *,
+    rule: str = "best",
+    anchor: Mapping[str, int] | None = None,
 ) -> ComponentResult:
     """Per region, the minimum component size on ``grid`` (at most ``caps[region]`` voxels,
     e.g. `size_caps` of the training split; None: the whole grid) maximising val mean Dice at
-    ``threshold`` (see the module docstring)."""
+    ``threshold`` (see the module docstring). ``rule="one-se"``: the size nearest ``anchor``
+    (e.g. the reference model's sizes, None: 0 = keep all; distance in log2(1 + size), the
+    anchor itself a candidate when within the cap) among those whose per-subject val Dice is
+    within one standard error of the best size's (`unet.selection`)."""
     if not items:
         raise ValueError("search_min_components: no (subject, probs, target) items given")
+    check_rule(rule)
+    anchors = as_min_components(anchor)
     full_grid = _check_grid(grid)
     t = as_thresholds(dict(threshold) if isinstance(threshold, Mapping) else threshold)
     chosen: dict[str, int] = {}
@@ -120,14 +133,39 @@ def search_min_components(
         for _sid, probs, target in items:
             sizes, hits = component_sizes(probs[i] > np.float32(t[r]), target[i])
             parts.append((sizes, hits, int(np.count_nonzero(target[i]))))
-        scores = [_region_dice(parts, m) for m in sizes_grid]
-        best = int(np.argmax(scores))  # the first (smallest) size among equals
-        chosen[r], val[r] = sizes_grid[best], scores[best]
+        rows = [_region_dice(parts, m) for m in sizes_grid]
+        scores = [float(row.mean()) for row in rows]
+        if rule == "best":
+            best = int(np.argmax(scores))  # the first (smallest) size among equals
+            chosen[r], val[r] = sizes_grid[best], scores[best]
+        else:
+            cap = None if caps is None else caps[r]
+            chosen[r] = _one_se_size(parts, sizes_grid, rows, anchors[r], cap)
+            val[r] = float(_region_dice(parts, chosen[r]).mean())
         curve[r] = (list(sizes_grid), scores)
     val["mean"] = float(np.mean([val[r] for r in REGIONS]))
     return ComponentResult(
         min_component=chosen,
+        rule=rule,
+        anchor=anchors if rule == "one-se" else None,
         val_dice=val,
         curve=curve,
         caps=dict(caps) if caps is not None else None,
     )
+
+
+def _one_se_size(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, int]],
+    sizes_grid: Sequence[int],
+    rows: Sequence[np.ndarray],
+    anchor: int,
+    cap: int | None,
+) -> int:
+    """`search_min_components`'s one-se choice for one region (the anchor added as a candidate
+    when it is not on the grid and within ``cap``)."""
+    sizes, rows = list(sizes_grid), list(rows)
+    if anchor not in sizes and (cap is None or anchor <= cap):
+        sizes.append(anchor)
+        rows.append(_region_dice(parts, anchor))
+    distance = [abs(np.log2(1 + s) - np.log2(1 + anchor)) for s in sizes]
+    return sizes[one_se_choice(np.stack(rows), distance)]

@@ -111,11 +111,16 @@ def validate(
     *,
     components: str = "keep",
     fixed_components: dict[str, int] | None = None,
+    rule: str = "best",
+    anchor: dict[str, Any] | None = None,
 ) -> ValResult:
     """Predict the val split; threshold(s) searched (``mode`` global / per-region) or ``fixed``;
     then the minimum component sizes searched (``components="search"``,
     `compress.components`) or kept (``fixed_components``, None = remove nothing); per-subject
-    Dice at the chosen threshold(s) and sizes, for paired comparisons."""
+    Dice at the chosen threshold(s) and sizes, for paired comparisons. ``rule="one-se"``: both
+    searches keep ``anchor``'s ``threshold`` / ``min_component`` (the reference's M) unless val
+    shows a gain beyond one standard error (`unet.selection`)."""
+    anchor = anchor or {}
     cfg = model.config
     items = collect_probabilities(
         forward, data, data.split("val"), cfg.spatial_dims, cfg.divisor, patch_size
@@ -124,11 +129,14 @@ def validate(
     if mode == "fixed":
         threshold = as_thresholds(fixed)
     else:
-        found = search_thresholds(items, mode=mode)
+        found = search_thresholds(items, mode=mode, rule=rule, anchor=anchor.get("threshold"))
         threshold, search = dict(found.thresholds), found.to_dict()
     component_search = None
     if components == "search":
-        sized = search_min_components(items, threshold, caps=size_caps(data, "train"))
+        sized = search_min_components(
+            items, threshold, caps=size_caps(data, "train"), rule=rule,
+            anchor=anchor.get("min_component"),
+        )  # fmt: skip
         min_component, component_search = sized.min_component, sized.to_dict()
     else:
         min_component = as_min_components(fixed_components)
@@ -333,6 +341,8 @@ def compress_checkpoint(
         patch_size,
         components=recipe.components,
         fixed_components=meta.get("min_component"),
+        rule=recipe.selection,
+        anchor=baseline_metrics,
     )
     threshold, val = val_result.threshold, val_result.val_dice
 
@@ -395,6 +405,9 @@ def compress_checkpoint(
         "artifact": artifact.name,
         "threshold_mode": recipe.threshold,
         "threshold_curve": (val_result.search or {}).get("curve"),
+        "threshold_search": {
+            k: v for k, v in (val_result.search or {}).items() if k in ("rule", "anchor", "best")
+        },
         "component_curve": (val_result.component_search or {}).get("curve"),
         "paired_val": paired_val(compressed, baseline_metrics),
         "data_fingerprint": data.fingerprint,

@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("fixed", "global", "per-region")
 COMPONENT_MODES = ("keep", "search")  # small-component removal after the threshold
+SELECTION_RULES = ("best", "one-se")  # how the val searches choose (unet.selection)
 RUNTIMES = ("ort", "openvino", "torch")  # where the artifact is deployed (compress.runners)
 # Bounds of the recovery fields (inclusive unless said otherwise in `Recipe.validate`).
 MAX_PRUNE_ROUNDS = 10
@@ -55,6 +56,9 @@ class Recipe:
     * ``threshold``: ``fixed`` (keep the baseline's) | ``global`` | ``per-region`` search on val.
     * ``components``: ``keep`` every predicted voxel | ``search`` on val, per region, a minimum
       connected-component size (voxels) below which components are removed (`unet.components`).
+    * ``selection``: how those val searches choose: ``best`` (the val argmax) | ``one-se`` (the
+      reference's thresholds and sizes unless val shows a gain beyond one standard error over
+      subjects; `unet.selection`).
 
     Recovery (how a pruned model gets its accuracy back; `compress.recovery`):
 
@@ -84,6 +88,7 @@ class Recipe:
     calibration_samples: int = 32
     threshold: str = "global"
     components: str = "keep"
+    selection: str = "best"
     prune_rounds: int = 1
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
@@ -106,6 +111,12 @@ class Recipe:
         _choice("threshold", self.threshold, THRESHOLD_MODES)
         _choice("components", self.components, COMPONENT_MODES)
         _choice("runtime", self.runtime, RUNTIMES)
+        _choice("selection", self.selection, SELECTION_RULES)
+        if self.selection != "best" and (self.threshold, self.components) == ("fixed", "keep"):
+            raise ValueError(
+                "recipe: selection only applies when thresholds or components are searched "
+                "(threshold is 'fixed', components 'keep')"
+            )
         if self.runtime == "torch" and self.precision == "int8":
             raise ValueError("recipe: precision int8 needs runtime ort or openvino, not torch")
         _ratio("ratio", self.ratio)
@@ -167,7 +178,8 @@ class Recipe:
     def label(self) -> str:
         """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``,
         ``reg200(0.001)+structured0.50/r8+gradual4+ft200+kd1(T2)+fp32+global+cc`` (``+cc``: small
-        components removed, sizes searched on val; ``@openvino`` /
+        components removed, sizes searched on val; ``+1se``: the one-standard-error selection;
+        ``@openvino`` /
         ``@torch`` appended for those runtimes)."""
         parts = []
         if self.regularize_steps:
@@ -197,6 +209,8 @@ class Recipe:
         parts.append(self.threshold)
         if self.components == "search":
             parts.append("cc")
+        if self.selection == "one-se":
+            parts.append("1se")
         label = "+".join(parts)
         return label if self.runtime == "ort" else f"{label}@{self.runtime}"
 

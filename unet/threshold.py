@@ -30,7 +30,7 @@ is exactly what ``unet.evaluate.evaluate_probabilities`` gives with the same thr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from scipy.optimize import minimize_scalar
 
 from unet.data.canonical import REGIONS
 from unet.evaluate import Item  # (subject, probabilities (3, ...), target (3, ...) bool)
+from unet.selection import check_rule, one_se_choice
 
 MODES = ("global", "per-region")
 DEFAULT_GRID = tuple(float(t) for t in np.linspace(0.05, 0.95, 19))
@@ -53,11 +54,17 @@ class ThresholdResult:
     thresholds: dict[str, float]  # {"WT", "TC", "ET"}
     val_dice: dict[str, float]  # {"WT", "TC", "ET", "mean"}
     curve: dict[str, tuple[list[float], list[float]]]  # region or "mean" -> (thresholds, dice)
+    rule: str = "best"  # `unet.selection.RULES`
+    anchor: dict[str, float] | None = None  # the one-se rule's anchor (None with "best")
+    best: dict[str, float] | None = None  # the argmax thresholds (what "best" would choose)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (curves as ``{"threshold": [...], "dice": [...]}``)."""
         return {
             "mode": self.mode,
+            "rule": self.rule,
+            "anchor": dict(self.anchor) if self.anchor is not None else None,
+            "best": dict(self.best) if self.best is not None else None,
             "thresholds": dict(self.thresholds),
             "val_dice": dict(self.val_dice),
             "curve": {k: {"threshold": t, "dice": d} for k, (t, d) in self.curve.items()},
@@ -158,38 +165,72 @@ def _maximise(
     return exact[int(np.argmax([objective(e) for e in exact]))]
 
 
+def _one_se(
+    counts: DiceCounts,
+    regions: Sequence[int],
+    best: float,
+    grid: np.ndarray,
+    anchor: Sequence[float],
+) -> float:
+    """The threshold nearest ``anchor`` (mean distance over ``regions``) whose per-subject Dice
+    is within one standard error of ``best``'s (`unet.selection`); candidates: the anchor's and
+    the grid's edges and ``best``."""
+    candidates = [e for a in anchor for e in counts.edges_around(a)]
+    candidates += [e for g in grid for e in counts.edges_around(float(g))] + [best]
+    candidates = list(dict.fromkeys(candidates))  # unique, anchor edges first
+    rows = np.stack([counts.dice(c, regions).mean(axis=1) for c in candidates])
+    distance = [float(np.mean([abs(c - a) for a in anchor])) for c in candidates]
+    return candidates[one_se_choice(rows, distance)]
+
+
 def search_thresholds(
     items: Sequence[Item],
     mode: str = "global",
     grid: Sequence[float] = DEFAULT_GRID,
     *,
     bins: int = DEFAULT_BINS,
+    rule: str = "best",
+    anchor: float | Mapping[str, float] | None = None,
 ) -> ThresholdResult:
     """Thresholds maximising validation mean Dice, ``global`` (one for all) or ``per-region``.
 
     ``items`` are ``(subject, probabilities (3, ...) float32, target (3, ...) bool)`` triples,
     e.g. from `unet.evaluate.collect_probabilities` on the validation split.
+    ``rule="one-se"``: per region (or for all, ``global``), the threshold nearest ``anchor``
+    (e.g. the reference model's thresholds; None: 0.5) among those whose per-subject val Dice
+    is within one standard error of the best one's (`unet.selection`).
     """
     if mode not in MODES:
         raise ValueError(f"search_thresholds: mode must be one of {MODES}, got {mode!r}")
+    check_rule(rule)
     g = _check_grid(grid)
     counts = DiceCounts(items, bins)
     all_regions = range(len(REGIONS))
+    anchors = _anchor_thresholds(anchor)
 
     def objective(regions: Sequence[int]) -> Callable[[float], float]:
         return lambda t: counts.mean_dice(t, regions)
 
     best_global = _maximise(objective(all_regions), g, counts.edges_around)
     if mode == "global":
-        thresholds = dict.fromkeys(REGIONS, best_global)
+        best = dict.fromkeys(REGIONS, best_global)
     else:
-        thresholds = {
+        best = {
             r: _maximise(objective([i]), g, counts.edges_around, extra=[best_global])
             for i, r in enumerate(REGIONS)
         }
+    if rule == "best":
+        thresholds = best
+    elif mode == "global":
+        chosen = _one_se(counts, all_regions, best_global, g, [anchors[r] for r in REGIONS])
+        thresholds = dict.fromkeys(REGIONS, chosen)
+    else:
+        thresholds = {
+            r: _one_se(counts, [i], best[r], g, [anchors[r]]) for i, r in enumerate(REGIONS)
+        }
     per_region = {r: counts.mean_dice(thresholds[r], [i]) for i, r in enumerate(REGIONS)}
     val_dice = {**per_region, "mean": float(np.mean(list(per_region.values())))}
-    if mode == "per-region":
+    if mode == "per-region" and rule == "best":
         global_score = counts.mean_dice(best_global, all_regions)
         assert val_dice["mean"] >= global_score - 1e-12, "per-region search scored below global"
     curve = {
@@ -197,4 +238,24 @@ def search_thresholds(
         for i, r in enumerate(REGIONS)
     }
     curve["mean"] = ([float(t) for t in g], [counts.mean_dice(t, all_regions) for t in g])
-    return ThresholdResult(mode=mode, thresholds=thresholds, val_dice=val_dice, curve=curve)
+    return ThresholdResult(
+        mode=mode,
+        thresholds=thresholds,
+        val_dice=val_dice,
+        curve=curve,
+        rule=rule,
+        anchor=anchors if rule == "one-se" else None,
+        best=dict(best),
+    )
+
+
+def _anchor_thresholds(anchor: float | Mapping[str, float] | None) -> dict[str, float]:
+    """Per-region anchor thresholds in [0, 1] (None: 0.5 everywhere)."""
+    if anchor is None:
+        anchor = 0.5
+    values = dict(anchor) if isinstance(anchor, Mapping) else dict.fromkeys(REGIONS, anchor)
+    if set(values) != set(REGIONS) or not all(0.0 <= float(v) <= 1.0 for v in values.values()):
+        raise ValueError(
+            f"threshold anchor must be in [0, 1] for each of {REGIONS}, got {anchor!r}"
+        )
+    return {r: float(values[r]) for r in REGIONS}

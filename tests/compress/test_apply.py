@@ -185,6 +185,34 @@ def test_component_search_is_stored_and_reproducible(
         assert max(curve["dice"]) == pytest.approx(again["mean"]["dice"][r], abs=1e-4)
 
 
+def test_one_se_selection_keeps_an_anchor_that_is_the_val_best(
+    tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
+) -> None:
+    """``selection="one-se"`` anchors both val searches at the reference's M: anchored at what
+    the argmax chooses, it keeps exactly that; the stored val Dice is reproducible."""
+    best = Recipe(threshold="per-region", components="search")
+    found = compress_checkpoint(
+        baseline, blob_data, best, tmp_path / "best", threads=1, baseline_metrics=baseline_metrics
+    )["compressed"]
+    anchor = {**baseline_metrics, "threshold": found["threshold"]}
+    anchor["min_component"] = found["min_component"]
+    recipe = dataclasses.replace(best, selection="one-se")
+    result = compress_checkpoint(
+        baseline, blob_data, recipe, tmp_path / "1se", threads=1, baseline_metrics=anchor
+    )
+    c = result["compressed"]
+    assert c["threshold"] == found["threshold"]
+    assert c["min_component"] == found["min_component"]
+    assert result["threshold_search"]["rule"] == "one-se"
+    assert result["threshold_search"]["anchor"] == found["threshold"]
+    assert result["recipe_label"].endswith("+cc+1se")
+    model, meta = load_checkpoint(tmp_path / "1se" / "checkpoint.pt")
+    again = evaluate_model(
+        model, blob_data, "val", meta["threshold"], min_component=meta["min_component"], hd95=False
+    )
+    assert again["mean"]["dice"]["mean"] == pytest.approx(c["val_dice"]["mean"], abs=1e-4)
+
+
 def test_bf16_and_fixed_threshold(
     tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
 ) -> None:

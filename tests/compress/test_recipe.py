@@ -45,6 +45,10 @@ RECIPES = [
         "structured0.50/r8+ft20+int8(minmax)+per-region+cc",
     ),
     (
+        Recipe(**S50, threshold="per-region", components="search", selection="one-se"),
+        "structured0.50/r8+ft20+fp32+per-region+cc+1se",
+    ),
+    (
         Recipe(**S50, precision="int8", runtime="openvino", int8_max_drop=0.01),
         "structured0.50/r8+ft20+int8(minmax,ac0.01)+global@openvino",
     ),
@@ -79,6 +83,11 @@ def test_integers_and_floats_from_json_make_the_same_recipe() -> None:
         ({"regularize_strength": "big"}, "regularize_strength must be a number in \\(0, 1\\]"),
         ({"finetune_steps": "20"}, "finetune_steps must be an integer >= 0"),
         ({"components": "largest"}, "components must be one of \\('keep', 'search'\\)"),
+        ({"selection": "argmax"}, "selection must be one of \\('best', 'one-se'\\)"),
+        (
+            {"threshold": "fixed", "selection": "one-se"},
+            "selection only applies when thresholds or components are searched",
+        ),
         # out of range
         ({"prune_rounds": 0}, "prune_rounds must be an integer in \\[1, 10\\], got 0"),
         ({"prune_rounds": 11}, "prune_rounds must be an integer in \\[1, 10\\], got 11"),
@@ -131,3 +140,8 @@ def test_a_recipe_file_without_the_components_field_keeps_every_voxel() -> None:
     """recipe.json files written before the field existed load as before (no removal)."""
     old = {k: v for k, v in Recipe(**S50).to_dict().items() if k != "components"}
     assert Recipe.from_dict(old).components == "keep"
+
+
+def test_a_recipe_file_without_the_selection_field_chooses_the_val_argmax() -> None:
+    old = {k: v for k, v in Recipe(**S50).to_dict().items() if k != "selection"}
+    assert Recipe.from_dict(old).selection == "best"
