@@ -46,6 +46,7 @@ from unet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError
 from unet.data.datasets import as_dataset
 from unet.killpoints import killpoint
+from unet.models import UNet
 from unet.train_config import TrainConfig
 from unet.train_loop import AMP_MODES, DIMS_DEFAULTS, TrainConfigError, TrainLoop, _check
 from unet.train_monitor import (
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     payload = open_run(cfg, data, paths)
 
     torch.manual_seed(cfg.seed)
-    model = zoo.create(cfg.model)
+    model = UNet(cfg.model_config())
     if payload is not None:
         model.load_state_dict(payload["state_dict"])
     options = {k: v for k, v in cfg.loop_options().items() if k != "device"}
@@ -263,6 +264,14 @@ def _parser() -> argparse.ArgumentParser:
         help="best checkpoint (.pt); the run also writes <stem>.last.pt, <stem>.jsonl",
     )
     p.add_argument("--model", default=d.model, help=f"zoo name: {', '.join(zoo.names())}")
+    p.add_argument(
+        "--architecture",
+        default=d.architecture,
+        metavar="CHECKPOINT",
+        help="train this checkpoint's architecture (e.g. a pruned one) from fresh weights "
+        "instead of --model's: the from-scratch control of a pruning study; --model still "
+        "names the run's defaults",
+    )
     p.add_argument("--steps", type=int, default=d.steps, help=dims_help("optimizer steps", "steps"))
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=dims_help("batch size", "batch_size")

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from unet import zoo
+from unet.checkpoint import CheckpointError, read_checkpoint
+from unet.config import UNetConfig
 from unet.train_loop import (
     DIMS_DEFAULTS,
     RUNTIME_FIELDS,
@@ -38,7 +40,10 @@ class TrainConfig:
     ``min_delta`` (None: run all ``steps``); ``monitor`` is the val mean Dice that early stopping
     and the best checkpoint follow: ``"tuned"`` at per-region thresholds searched on val,
     ``"fixed"`` at 0.5 (`unet.train_monitor`). ``amp="auto"``: bf16 autocast where the device
-    computes bf16 natively, else fp32 (`unet.amp.resolve_amp`).
+    computes bf16 natively, else fp32 (`unet.amp.resolve_amp`). ``architecture``: a checkpoint
+    whose architecture (its `UNetConfig`, e.g. a structurally pruned one) is trained from fresh
+    weights instead of ``model``'s -- the "pruned architecture from scratch" control of
+    pruning studies (None: ``model``); ``model`` still names the run and its defaults.
     """
 
     data: str
@@ -66,13 +71,23 @@ class TrainConfig:
     num_workers: int = 0
     resume: bool = False
     progress: bool = True
+    architecture: str | None = None
+
+    def model_config(self) -> UNetConfig:
+        """The architecture to train: ``architecture``'s stored config, else ``model``'s."""
+        if self.architecture is None:
+            try:
+                return zoo.config(self.model)
+            except ValueError as exc:
+                raise TrainConfigError("model", str(exc)) from None
+        try:
+            return UNetConfig.from_dict(read_checkpoint(self.architecture)["config"])
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            raise TrainConfigError("architecture", str(exc)) from None
 
     def resolved(self) -> TrainConfig:
         """Defaults filled in for the model's dimensionality, and every value validated."""
-        try:
-            model_config = zoo.config(self.model)
-        except ValueError as exc:
-            raise TrainConfigError("model", str(exc)) from None
+        model_config = self.model_config()
         defaults = DIMS_DEFAULTS[model_config.spatial_dims]
         filled = {
             key: defaults[key] if getattr(self, key) is None else getattr(self, key)

@@ -465,3 +465,33 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(blobs, tmp_path):
         _log(run_paths(tmp_path / "ref.pt")["log"])
     )
     assert json.loads(ref_out)["best_step"] == summary["best_step"]
+
+
+def test_architecture_from_a_pruned_checkpoint_trains_from_fresh_weights(blobs, tmp_path):
+    """``architecture``: the pruned widths are trained, the pruned weights are not reused."""
+    from compress.prune import prune_structured
+    from unet.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    pruned = prune_structured(zoo.create("unet2d-tiny"), 0.5, round_to=1)
+    assert pruned.config != zoo.config("unet2d-tiny")
+    arch = save_checkpoint(tmp_path / "pruned.pt", pruned, {"threshold": 0.5})
+    cfg = tiny_config(blobs, tmp_path / "run.pt", steps=2, val_every=2, architecture=str(arch))
+    train(cfg)
+    model, meta = load_checkpoint(tmp_path / "run.pt")
+    assert model.config == pruned.config
+    assert meta["train_config"]["architecture"] == str(arch)
+    # fresh weights: the first conv differs from the pruned model's beyond two AdamW steps
+    first = next(n for n, p in model.named_parameters() if p.ndim == 4)
+    moved = (model.state_dict()[first] - pruned.state_dict()[first]).abs().max()
+    assert moved > 0.05
+
+
+def test_cli_bad_architecture_names_the_argument(blobs, tmp_path, capsys):
+    missing = tmp_path / "nope.pt"
+    argv = ["--data", str(blobs.path), "--out", str(tmp_path / "r.pt"), "--steps", "2"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--architecture", str(missing)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m unet.train: error: argument --architecture:")
+    assert "no such checkpoint file" in err
