@@ -22,6 +22,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from compress.recipe import Recipe
+
 REPEAT_ATTR = "repeat_of"
 # what a sweep trial stores about its result (`studies.sweep_worker.run_trial`)
 RESULT_ATTRS = (
@@ -36,11 +38,20 @@ RESULT_ATTRS = (
 
 
 def earlier_run(study: optuna.Study, recipe: dict[str, Any]) -> FrozenTrial | None:
-    """The first COMPLETE trial of ``study`` that ran ``recipe`` itself (not as a repeat)."""
+    """The first COMPLETE trial of ``study`` that ran ``recipe`` itself (not as a repeat);
+    stored recipes are compared with the fields added since they ran at their defaults."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if REPEAT_ATTR not in t.user_attrs and t.user_attrs.get("recipe") == recipe:
+        if REPEAT_ATTR not in t.user_attrs and _normal(t.user_attrs.get("recipe")) == recipe:
             return t
     return None
+
+
+def _normal(stored: Any) -> dict[str, Any] | None:
+    """A stored recipe dict with the defaults of fields added since (None if it is not one)."""
+    try:
+        return Recipe.from_dict(stored).to_dict()
+    except (ValueError, TypeError):
+        return None
 
 
 def reuse_if_repeated(trial: optuna.Trial, recipe: dict[str, Any]) -> tuple[float, ...] | None:

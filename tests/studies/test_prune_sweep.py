@@ -755,3 +755,20 @@ def test_round_to_choices_follow_the_machine(
     for t in study.trials:
         if "round_to" in t.params:
             assert t.params["round_to"] in expected
+
+
+def test_a_recipe_stored_before_a_field_existed_still_counts_as_a_repeat() -> None:
+    """`studies.repeats.earlier_run` compares stored recipes with new fields at their
+    defaults, so a resumed study recognises recipes its older trials ran."""
+    from studies.repeats import earlier_run
+
+    recipe = Recipe(prune="unstructured", ratio=0.5, threshold="per-region").to_dict()
+    old = {k: v for k, v in recipe.items() if k != "selection"}  # written before the field
+    study = optuna.create_study(directions=["maximize"])
+    study.add_trial(
+        optuna.trial.create_trial(value=1.0, user_attrs={"recipe": {"not": "a recipe"}})
+    )
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"recipe": old}))
+    found = earlier_run(study, recipe)
+    assert found is not None and found.number == 1
+    assert earlier_run(study, {**recipe, "ratio": 0.6}) is None
