@@ -140,8 +140,7 @@ def search_min_components(
             chosen[r], val[r] = sizes_grid[best], scores[best]
         else:
             cap = None if caps is None else caps[r]
-            chosen[r] = _one_se_size(parts, sizes_grid, rows, anchors[r], cap)
-            val[r] = float(_region_dice(parts, chosen[r]).mean())
+            chosen[r], val[r] = _one_se_size(parts, sizes_grid, rows, anchors[r], cap)
         curve[r] = (list(sizes_grid), scores)
     val["mean"] = float(np.mean([val[r] for r in REGIONS]))
     return ComponentResult(
@@ -160,12 +159,13 @@ def _one_se_size(
     rows: Sequence[np.ndarray],
     anchor: int,
     cap: int | None,
-) -> int:
-    """`search_min_components`'s one-se choice for one region (the anchor added as a candidate
-    when it is not on the grid and within ``cap``)."""
+) -> tuple[int, float]:
+    """`search_min_components`'s one-se choice for one region and its val mean Dice (the
+    anchor added as a candidate when it is not on the grid and within ``cap``)."""
     sizes, rows = list(sizes_grid), list(rows)
     if anchor not in sizes and (cap is None or anchor <= cap):
         sizes.append(anchor)
         rows.append(_region_dice(parts, anchor))
     distance = [abs(np.log2(1 + s) - np.log2(1 + anchor)) for s in sizes]
-    return sizes[one_se_choice(np.stack(rows), distance)]
+    k = one_se_choice(np.stack(rows), distance)
+    return sizes[k], float(rows[k].mean())

@@ -19,12 +19,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from unet.selection import RULES
+
 PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("fixed", "global", "per-region")
 COMPONENT_MODES = ("keep", "search")  # small-component removal after the threshold
-SELECTION_RULES = ("best", "one-se")  # how the val searches choose (unet.selection)
+SELECTION_RULES = RULES  # how the val searches choose (unet.selection)
 RUNTIMES = ("ort", "openvino", "torch")  # where the artifact is deployed (compress.runners)
 # Bounds of the recovery fields (inclusive unless said otherwise in `Recipe.validate`).
 MAX_PRUNE_ROUNDS = 10
