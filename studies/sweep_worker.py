@@ -49,7 +49,7 @@ from studies.search_space import PRECISIONS, ROUND_TO, make_sampler, suggest_rec
 from studies.storage import WORKER_ATTR, fail_dead_trials, open_storage, worker_identity
 from studies.sweep_latency import objective_values, worker_references
 from studies.sweep_spec import SweepSpec
-from studies.trial_budget import SURPLUS_ATTR, claim_slot, wait_for_slot
+from studies.trial_budget import SURPLUS_ATTR, SlotWaiter, claim_slot
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.killpoints import killpoint
 
@@ -255,11 +255,12 @@ def run_worker(spec: SweepSpec, index: int = 0, bar: tqdm | None = None) -> int:
     # each batch are computed once per worker
     teacher_cache = TeacherCache(TEACHER_CACHE_MB)
     twins = QueueInt8Twins(study.user_attrs["sweep"].get("precisions", PRECISIONS))
-    while not failures.stopped and wait_for_slot(study, spec.trials, deadline):
+    slots = SlotWaiter()
+    while not failures.stopped and slots.wait(study, spec.trials, deadline):
         study.optimize(
             lambda trial: run_trial(trial, spec, references, data, teacher_cache),
             n_trials=1,
-            callbacks=[failures, _Report(bar), twins],
+            callbacks=[failures, _Report(bar), twins, slots],
             catch=(Exception,),
             gc_after_trial=True,
             show_progress_bar=False,

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from studies import trial_budget
 from studies.storage import RETRY_ATTR, WORKER_ATTR, journal_url, open_storage, worker_identity
-from studies.trial_budget import SURPLUS_ATTR, claim_slot, counts, wait_for_slot
+from studies.trial_budget import SURPLUS_ATTR, SlotWaiter, claim_slot, counts, wait_for_slot
 
 X = {"x": FloatDistribution(0, 1)}
 
@@ -21,7 +21,6 @@ X = {"x": FloatDistribution(0, 1)}
 def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> optuna.Study:
     """A journal study; no waiting between looks at it."""
     monkeypatch.setattr(trial_budget, "POLL_S", 0.0)
-    monkeypatch.setattr(trial_budget, "_stood_back", False)
     return optuna.create_study(storage=open_storage(journal_url(tmp_path / "s.journal")))
 
 
@@ -110,3 +109,26 @@ def test_wait_for_slot_frees_a_slot_held_by_a_dead_worker(study: optuna.Study) -
     assert study.get_trials()[dead.number].state == TrialState.FAIL
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
     assert retry.user_attrs[RETRY_ATTR] == dead.number
+
+
+def test_slot_waiter_waits_a_random_fraction_after_standing_back(
+    study: optuna.Study, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(trial_budget.time, "sleep", sleeps.append)
+    monkeypatch.setattr(trial_budget.random, "uniform", lambda lo, hi: 0.123)
+    waiter = SlotWaiter()
+    assert waiter.wait(study, 2) is True and sleeps == []  # nothing stood back: no pause
+    _complete(study, 1)
+    held = _running(study)  # the last slot is held: this worker's trial is surplus
+    mine = _running(study)
+    with pytest.raises(optuna.TrialPruned):
+        claim_slot(mine, 2)
+    study.tell(mine, state=TrialState.PRUNED)
+    waiter(study, study.get_trials()[mine.number])  # the optimize callback sees the outcome
+    assert waiter.stood_back is True
+    study.tell(held, state=TrialState.FAIL)  # the slot frees
+    assert waiter.wait(study, 2) is True
+    assert sleeps == [0.123]  # one random pause before taking the freed slot, then none
+    assert waiter.stood_back is False
+    assert waiter.wait(study, 2) is True and sleeps == [0.123]
