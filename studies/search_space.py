@@ -11,8 +11,9 @@ and pairs, R from ``--round-to`` (default ``auto``: this CPU's SIMD width, `comp
 with AVX-512, 8 with AVX2); ``finetune_steps`` from ``--finetune-steps`` (default 0 / 50 / 150,
 after pruning only); ``precision`` per runtime (`RUNTIME_PRECISIONS`): ORT fp32 / fp16 / int8
 (bf16 is not searched there: ORT's CPU provider has no bf16 convolutions), OpenVINO fp32 /
-fp16 / bf16 / int8, torch fp32 / fp16 / bf16, less fp16 on a CPU backend
-(`studies.sweep_latency.searched_precisions`: computed in fp32 there); ``calibration`` minmax / entropy / percentile for
+fp16 / bf16 / int8, torch fp32 / fp16 / bf16, less fp16 on a CPU backend and bf16 on a CPU
+without bf16 units (`studies.sweep_latency.searched_precisions`: computed in fp32 there);
+``calibration`` minmax / entropy / percentile for
 int8 (ORT's calibrators; NNCF uses its own min-max); ``threshold`` global / per-region.
 Every trial (and the baseline, `studies.sweep_spec.BASELINE_RECIPE`) searches its small-
 component removal on val (``components="search"``, `compress.components`): it costs no size or

@@ -33,16 +33,26 @@ RUNTIME_PRECISIONS = {
 }
 
 
-def searched_precisions(backend: str) -> tuple[str, ...]:
+def searched_precisions(backend: str, flags: frozenset[str] | None = None) -> tuple[str, ...]:
     """The precisions the sweep searches for ``backend``: its runtime's (`RUNTIME_PRECISIONS`),
-    without fp16 on a CPU. CPUs without native fp16 arithmetic compute fp16 models in fp32 after
-    converting (ORT CPU: 0.78-0.90x of fp32's speed in the default run), so fp16 there only halves
-    the file, which int8 does better; the trials it took were lost to the search."""
+    on a CPU without fp16, and without bf16 where the CPU has no bf16 units (``flags``: the CPU
+    feature flags, default `unet.amp.cpu_flags`; native bf16 = `unet.amp.BF16_CPU_FLAGS`).
+
+    CPUs without native fp16 arithmetic compute fp16 models in fp32 after converting (ORT CPU:
+    0.78-0.90x of fp32's speed in the default run), so fp16 there only halves the file, which
+    int8 does better; the trials it took were lost to the search. OpenVINO given a bf16 hint on a
+    CPU without bf16 units runs f32 (`compress.openvino` records it): a bf16 trial there is the
+    fp32 trial again.
+    """
     from compress.runners import RUNTIMES
+    from unet.amp import BF16_CPU_FLAGS, cpu_flags
 
     precisions = RUNTIME_PRECISIONS[RUNTIMES[backend]]
     if backend.endswith("_cpu"):
         precisions = tuple(p for p in precisions if p != "fp16")
+        flags = cpu_flags() if flags is None else flags
+        if not flags.intersection(BF16_CPU_FLAGS):
+            precisions = tuple(p for p in precisions if p != "bf16")
     return precisions
 
 

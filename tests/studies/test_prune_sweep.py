@@ -681,14 +681,19 @@ def test_default_backend_is_the_fastest_cpu_runtime_installed(
 
 
 @pytest.mark.parametrize(
-    ("backend", "expected"),
-    [("ort_cuda", ("fp32", "fp16", "int8")), ("ort_cpu", ("fp32", "int8")),
-     ("ov_cpu", ("fp32", "bf16", "int8")), ("torch_cuda", ("fp32", "fp16", "bf16"))],
+    ("backend", "flags", "expected"),
+    [("ort_cuda", "", ("fp32", "fp16", "int8")), ("ort_cpu", "avx2", ("fp32", "int8")),
+     ("ov_cpu", "avx2 avx512f", ("fp32", "int8")),
+     ("ov_cpu", "avx512f avx512_bf16", ("fp32", "bf16", "int8")),
+     ("ov_cpu", "amx_bf16", ("fp32", "bf16", "int8")),
+     ("torch_cuda", "", ("fp32", "fp16", "bf16"))],
 )  # fmt: skip
-def test_fp16_is_searched_only_off_the_cpu(backend: str, expected: tuple[str, ...]) -> None:
+def test_fp16_and_bf16_are_searched_only_where_computed_natively(
+    backend: str, flags: str, expected: tuple[str, ...]
+) -> None:
     from studies.sweep_latency import searched_precisions
 
-    assert searched_precisions(backend) == expected
+    assert searched_precisions(backend, frozenset(flags.split())) == expected
 
 
 @pytest.mark.parametrize("backend", ["ort_cpu", pytest.param("ov_cpu", marks=pytest.mark.openvino)])
