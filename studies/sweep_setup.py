@@ -112,11 +112,12 @@ def prepare_study(
             ("max_region_drop", "max_region_drop"),
             ("objectives", "objectives"),
         ):
-            if stored.get(key, old_defaults.get(key)) != info[key]:
+            was = stored.get(key, old_defaults.get(key))
+            if was != info[key]:
+                values = "" if isinstance(was, dict) else f" ({was}, now {info[key]})"
                 raise ValueError(
-                    f"study {spec.study_name!r} in this storage was run with another {what} "
-                    f"({stored.get(what, old_defaults.get(key))}); pick another --study-name "
-                    "or --storage"
+                    f"study {spec.study_name!r} in this storage was run with another {what}"
+                    f"{values}; pick another --study-name or --storage"
                 )
         if stored.get("threads") != spec.threads:
             print(

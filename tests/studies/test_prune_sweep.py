@@ -389,9 +389,10 @@ def test_a_new_study_runs_the_warm_start_first_and_only_once(
 
 @pytest.mark.parametrize(
     ("extra", "stored", "what"),
-    [
-        (["--max-region-drop", "0.5"], {}, "max_region_drop"),  # another feasibility rule
+    [  # another feasibility rule; other objectives; a study of the old default backend
+        (["--max-region-drop", "0.5"], {}, "max_region_drop (0.03, now 0.5)"),
         ([], {"objectives": ["val_dice_mean", "size_bytes", "latency_ms_ort"]}, "objectives"),
+        ([], {"latency_backend": "ov_cpu"}, "latency_backend (ov_cpu, now ort_cpu)"),
     ],
 )
 def test_a_study_is_resumed_only_with_its_own_rule_and_objective(
