@@ -751,7 +751,9 @@ def test_objective_is_reference_median_over_paired_speedup(
         assert t.user_attrs["metrics"]["latency_objective_ms"] == pytest.approx(t.values[2])
 
 
-@pytest.mark.parametrize(("flag", "expected"), [([], "auto"), (["--round-to", "16"], [1, 16])])
+@pytest.mark.parametrize(
+    ("flag", "expected"), [(["--round-to", "auto"], "auto"), (["--round-to", "16"], [1, 16])]
+)
 def test_round_to_choices_follow_the_machine(
     fake_compress: dict[str, Any], fast_argv: list[str], tmp_path: Path, flag: list, expected: Any
 ) -> None:
