@@ -20,9 +20,11 @@ run: venv
 
 # Tests run in one pytest-xdist worker per core (one torch thread each, tests/conftest.py),
 # a test file per worker at a time so module fixtures are built once. OpenVINO's runtime and
-# PyTorch training crashed together in one process (exit 139), so the tests that load OpenVINO
-# run in a pytest process of their own.
-XDIST := -n auto --maxprocesses 4 --dist loadfile
+# PyTorch training crashed together in one process (exit 139) or trained to NaN, so the tests
+# that load OpenVINO run in a pytest process of their own (tests/conftest.py enforces it). A
+# crashed worker ends the run (xdist's restarted worker hung with --dist loadfile), and a test
+# that runs longer than pyproject's `timeout` fails instead of holding CI.
+XDIST := -n auto --maxprocesses 4 --dist loadfile --max-worker-restart 0
 
 test: venv
 	$(BIN)/python -m pytest -q $(XDIST) -m "not openvino"
