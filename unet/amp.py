@@ -9,6 +9,10 @@
 * CUDA: bf16 where the GPU supports it (Ampere and newer), else fp16 with a gradient scaler.
 
 The explicit modes ``off``, ``bf16`` and ``fp16`` resolve to themselves.
+
+One exception, `bf16_conv3d_hazard`: 3D training on the CPU never uses bf16 when a feature map
+of depth 2 would pass a 3x3x3 convolution (``auto`` then trains in fp32, an explicit ``bf16`` is
+refused).
 """
 
 from __future__ import annotations
@@ -55,3 +59,23 @@ def resolve_amp(
     if native:
         return "bf16", f"CPU has native bf16 ({', '.join(native)})"
     return "off", "CPU has no native bf16 (no avx512_bf16/amx_bf16): fp32"
+
+
+def bf16_conv3d_hazard(patch_depth: int, divisor: int) -> str | None:
+    """Why CPU bf16 autocast must not train a 3D U-Net on patches ``patch_depth`` deep, or None.
+
+    oneDNN's bf16 ``Conv3d`` weight gradient (torch 2.13 CPU, measured on an AVX-512-bf16 CPU)
+    is wrong when the input is 2 deep: it differs from run to run and is at times NaN or inf
+    (3x3x3 kernel, padding 1; the forward pass and the input gradient are right, depths 1, 3
+    and 4 and any height or width are fine; fp32 is unaffected). A U-Net halves the depth at
+    each of its pooling steps (``divisor`` = 2 ** poolings), so a patch depth that reaches 2 at
+    some level trains to NaN within a few steps (a unet3d-tiny at depth 8: 1 run in 100 at step
+    2, more the longer it trains). The README's "bf16 3D training" section has the repro.
+    """
+    depths = [patch_depth // 2**i for i in range(divisor.bit_length())]
+    if 2 not in depths:
+        return None
+    return (
+        f"patch depth {patch_depth} halves to 2 at level {depths.index(2)}, where oneDNN's bf16 "
+        "Conv3d weight gradient is wrong (NaN or run-to-run different)"
+    )

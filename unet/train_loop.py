@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from unet.amp import AMP_CHOICES, resolve_amp
+from unet.amp import AMP_CHOICES, bf16_conv3d_hazard, resolve_amp
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import DrawSampler, PatchDataset, SliceDataset, as_dataset
 from unet.inference import DEFAULT_PATCH_3D
@@ -132,6 +132,10 @@ def check_options(
             "patch_size",
             f"{tuple(patch_size)} must be divisible by the model's divisor {divisor}",
         )
+    if amp == "bf16" and dev.type == "cpu" and spatial_dims == 3:
+        assert patch_size is not None
+        hazard = bf16_conv3d_hazard(patch_size[0], divisor)
+        _check(hazard is None, "amp", f"bf16 on the CPU: {hazard}; use off or auto")
     return dev
 
 
@@ -186,6 +190,10 @@ class TrainLoop:
         self.batch_size = batch_size
         self.device = device
         self.amp, self.amp_reason = resolve_amp(amp, device)
+        if self.amp == "bf16" and device.type == "cpu" and dims == 3:
+            hazard = bf16_conv3d_hazard((patch_size or DEFAULT_PATCH_3D)[0], model.config.divisor)
+            if hazard is not None:  # only "auto" gets here: check_options refuses "bf16"
+                self.amp, self.amp_reason = "off", f"{hazard}: fp32"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         self.memory_format = _memory_format(dims, channels_last)
         self.after_step = after_step

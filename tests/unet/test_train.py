@@ -230,7 +230,8 @@ def test_fit_3d_patches(blobs, amp):
     torch.manual_seed(0)
     model = zoo.create("unet3d-tiny")
     before = model.head.weight.clone()
-    fit(model, blobs, steps=2, batch_size=2, patch_size=(8, 16, 16), amp=amp)
+    # depth 16: at depth 8 one level of unet3d-tiny is 2 deep, which refuses bf16 on the CPU
+    fit(model, blobs, steps=2, batch_size=2, patch_size=(16, 16, 16), amp=amp)
     assert not torch.equal(before, model.head.weight)
     assert torch.isfinite(model.head.weight).all()
 

@@ -1,4 +1,5 @@
-"""Early stopping on a val plateau (rule recorded in the checkpoints) and ``--amp auto``."""
+"""Early stopping on a val plateau (rule recorded in the checkpoints) and ``--amp auto``
+(including its fp32 fallback where CPU bf16 3D convolution is wrong)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import unet.train
-from unet.amp import cpu_flags, resolve_amp
+from unet.amp import bf16_conv3d_hazard, cpu_flags, resolve_amp
 from unet.checkpoint import read_checkpoint
 from unet.train import TrainConfig, TrainConfigError, train
 
@@ -238,3 +239,69 @@ def test_train_records_the_amp_choice(
     assert summary["amp"] == {"requested": "auto", "used": "off", "reason": "faked: no bf16"}
     assert read_checkpoint(out)["meta"]["amp"]["used"] == "off"
     assert TrainConfig(data="d", out="x.pt").amp == "auto"
+
+
+@pytest.mark.parametrize(
+    ("patch_depth", "divisor", "level"),
+    [
+        (8, 4, 2),  # unet3d-tiny (3 levels): depths 8, 4, 2
+        (4, 4, 1),  # 4, 2, 1
+        (16, 4, None),  # 16, 8, 4
+        (12, 4, None),  # 12, 6, 3
+        (16, 8, 3),  # unet3d-small (4 levels): 16, 8, 4, 2
+        (64, 8, None),  # the default 3D patch: 64 .. 8
+        (32, 16, 4),  # a 5-level U-Net on 32^3 patches: 32 .. 2
+        (2, 1, 0),  # no pooling at all, a 2-deep input
+    ],
+)
+def test_bf16_conv3d_hazard_names_the_level_that_is_2_deep(
+    patch_depth: int, divisor: int, level: int | None
+) -> None:
+    hazard = bf16_conv3d_hazard(patch_depth, divisor)
+    if level is None:
+        assert hazard is None
+    else:
+        assert hazard is not None and f"halves to 2 at level {level}," in hazard
+
+
+def _bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend this CPU computes bf16 natively (``auto`` resolves to bf16)."""
+    monkeypatch.setattr(
+        "unet.train_loop.resolve_amp",
+        lambda amp, dev: (amp, "requested") if amp != "auto" else ("bf16", "faked: native bf16"),
+    )
+
+
+@pytest.mark.parametrize(("depth", "used"), [(8, "off"), (16, "bf16")])
+def test_auto_amp_trains_3d_in_fp32_where_bf16_conv3d_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, blob_data: Path, tmp_path: Path, depth: int, used: str
+) -> None:
+    _bf16_cpu(monkeypatch)
+    fake_validation(monkeypatch, [0.5])
+    out = tmp_path / "run.pt"
+    cfg = config(
+        blob_data,
+        out,
+        model="unet3d-tiny",
+        steps=1,
+        batch_size=1,
+        amp="auto",
+        patch_size=(depth, 16, 16),
+    )
+    summary = train(cfg)
+    assert summary["amp"]["used"] == used
+    if used == "off":
+        assert "halves to 2 at level 2" in summary["amp"]["reason"]
+        assert summary["amp"]["reason"].endswith(": fp32")
+
+
+def test_explicit_bf16_is_refused_where_bf16_conv3d_is_wrong(
+    blob_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainConfigError, match=r"^amp: bf16 on the CPU: patch depth 8 halves to 2"):
+        config(
+            blob_data, tmp_path / "x.pt", model="unet3d-tiny", amp="bf16", patch_size=(8, 16, 16)
+        ).resolved()
+    config(
+        blob_data, tmp_path / "x.pt", model="unet3d-tiny", amp="bf16", patch_size=(16, 16, 16)
+    ).resolved()
