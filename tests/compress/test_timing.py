@@ -58,18 +58,25 @@ def test_paired_stats_refuses_bad_timings(cand: list, ref: list, match: str) -> 
         paired_stats(cand, ref, threads=1, warmup=0)
 
 
-def _work() -> int:
-    return sum(i * i for i in range(500_000))  # ~30 ms alone, ~90 ms beside two burners
+def _work(cpu_ms: float = 30.0) -> None:
+    """Spin until this thread has had ``cpu_ms`` of CPU time (~90 ms of wall time beside two
+    burners). Bounded by CPU time, not by iterations: a test worker on the sibling hyperthread
+    slows each iteration by an amount that changes from call to call."""
+    end = time.thread_time() + cpu_ms / 1e3
+    while time.thread_time() < end:
+        pass
 
 
 def test_paired_ratio_recovered_under_background_load() -> None:
     """A candidate doing the reference's work twice: speed-up 0.5 within 10% while two
     CPU-burning processes compete for the same core (all three pinned to one CPU, so the load
     is steady; on two free cores the scheduler's migrations made the share jump between 1/2
-    and 1 from one call to the next, and the test failed once in a CI run at 0.67). Each call is
-    several scheduler time slices long: with a 12 ms unit of work the slices biased the ratio
-    to 0.56 (5 failures in 6 runs); with ~30 ms it gave 0.48-0.51 in seven."""
-    burn = "import time\nt = time.time() + 30\nwhile time.time() < t: pass\n"
+    and 1 from one call to the next, and the test failed once in a CI run at 0.67). Each call
+    spans several scheduler time slices, whose rounding moves single-round ratios by about
+    +-7%; 30 rounds of work bounded by CPU time gave medians of 0.493-0.504 in 6 runs beside
+    another test process (20 rounds of work bounded by iterations: 0.458-0.53 in 8, and one CI
+    failure at 0.449)."""
+    burn = "import time\nt = time.time() + 60\nwhile time.time() < t: pass\n"
     mine = os.sched_getaffinity(0)
     cpu = {min(mine)}
     burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]
@@ -78,7 +85,7 @@ def test_paired_ratio_recovered_under_background_load() -> None:
             os.sched_setaffinity(b.pid, cpu)
         os.sched_setaffinity(0, cpu)
         time.sleep(0.2)
-        p = paired_latency(lambda: (_work(), _work()), _work, threads=1, rounds=20, warmup=1)
+        p = paired_latency(lambda: (_work(), _work()), _work, threads=1, rounds=30, warmup=1)
     finally:
         os.sched_setaffinity(0, mine)
         for b in burners:
