@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.sigstack import keep_signal_stack
 from unet.inference import Forward
 from unet.metrics import dice
 
@@ -180,6 +181,22 @@ def quantize_nncf(
     ov = _openvino()
     model = _read_onnx(onnx_path)
     nncf.set_log_level(logging.ERROR)
+    with keep_signal_stack():  # NNCF compiles on Cores of its own (compress.sigstack)
+        quantized = _nncf_quantize(nncf, model, samples, presets[preset], validation, max_drop)
+    with _atomic_ir(xml) as tmp:
+        ov.save_model(quantized, str(tmp), compress_to_fp16=False)
+    return Path(xml)
+
+
+def _nncf_quantize(
+    nncf: ModuleType,
+    model: Any,
+    samples: np.ndarray,
+    preset: Any,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    max_drop: float,
+) -> Any:
+    """`quantize_nncf`'s call into NNCF: plain PTQ, or accuracy control when ``max_drop > 0``."""
     calibration_set = nncf.Dataset([s[None] for s in samples])
     if max_drop > 0:
         assert validation is not None
@@ -189,23 +206,17 @@ def quantize_nncf(
             raise ValueError(
                 f"validation: targets {targets.shape} do not match inputs {images.shape}"
             )
-        quantized = nncf.quantize_with_accuracy_control(
+        return nncf.quantize_with_accuracy_control(
             model,
             calibration_set,
             nncf.Dataset(list(zip(images[:, None], targets[:, None], strict=True))),
             validation_dice,
             max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE,
-            preset=presets[preset],
+            preset=preset,
             subset_size=len(samples),
         )
-    else:
-        quantized = nncf.quantize(
-            model, calibration_set, preset=presets[preset], subset_size=len(samples)
-        )
-    with _atomic_ir(xml) as tmp:
-        ov.save_model(quantized, str(tmp), compress_to_fp16=False)
-    return Path(xml)
+    return nncf.quantize(model, calibration_set, preset=preset, subset_size=len(samples))
 
 
 def _batch(name: str, samples: np.ndarray) -> np.ndarray:
@@ -243,7 +254,8 @@ def compile_ir(
         model = core.read_model(str(path))
     except RuntimeError as exc:
         raise ValueError(f"{path}: not a loadable OpenVINO / ONNX model: {exc}") from exc
-    return core.compile_model(model, DEVICE, config)
+    with keep_signal_stack():  # the CPU plugin's own stack would dangle (compress.sigstack)
+        return core.compile_model(model, DEVICE, config)
 
 
 def ov_forward(compiled: Any) -> Forward:
