@@ -17,9 +17,10 @@ non-inferior on val (`studies.sweep_worker`). A new study first runs the warm-st
 (`studies.warm_start`). The test split is read only afterwards, by the report
 (`studies.report`), for the Pareto models chosen on validation.
 
-Latency objective: ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (default
-``ort_cpu``; ``ov_cpu`` is opt-in, see the README's known problems; a backend that cannot run
-here is one ``error:`` line before any work). Every trial's artifact is built
+Latency objective: ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (default:
+the fastest CPU runtime installed, `compress.runners.fastest_cpu_backend`: ``ov_cpu`` when
+OpenVINO is installed, else ``ort_cpu``; a backend that cannot run here is one ``error:`` line
+before any work). Every trial's artifact is built
 for that backend's runtime (``Recipe.runtime``: ONNX for ORT, an OpenVINO IR with NNCF int8 for
 OpenVINO, the checkpoint for torch), so the objective is the deployed latency. Each worker
 opens the baseline's fp32 session on that backend once and keeps it for the whole study
@@ -154,10 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latency-backend",
         choices=LATENCY_BACKENDS,
-        default="ort_cpu",
+        default=None,
         help="deployment target of the latency objective; each trial's artifact is built for "
-        "its runtime (ov_cpu: OpenVINO, opt-in: OpenVINO and PyTorch training in one process "
-        "crashed in this project's test suite, see README)",
+        "its runtime (default: the fastest CPU runtime installed: ov_cpu when OpenVINO and NNCF "
+        "are, else ort_cpu)",
     )
     p.add_argument(
         "--round-to",

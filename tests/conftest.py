@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +17,6 @@ def pytest_configure(config: pytest.Config) -> None:
     torch thread: two workers with two OpenMP threads each would oversubscribe the two cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
-
-
-# A process that had run OpenVINO / NNCF later crashed (exit 139) or computed NaN in PyTorch bf16
-# training (README, Runtimes): such tests carry the `openvino` marker and `make test` runs them
-# in a pytest process of their own. This guard keeps an unmarked test from loading them.
-RUNTIMES_OF_THEIR_OWN = ("openvino", "nncf")
-
-
-@pytest.fixture(autouse=True)
-def _openvino_stays_in_its_own_process(request: pytest.FixtureRequest) -> Iterator[None]:
-    before = {name for name in RUNTIMES_OF_THEIR_OWN if name in sys.modules}
-    yield
-    if request.node.get_closest_marker("openvino") is not None:
-        return
-    loaded = sorted(n for n in RUNTIMES_OF_THEIR_OWN if n in sys.modules and n not in before)
-    if loaded:
-        pytest.fail(
-            f"{request.node.nodeid} loaded {', '.join(loaded)} without the `openvino` marker "
-            "(mark it, or pass --latency-backend ort_cpu / --runtime ort)"
-        )
 
 
 def write_blob_dataset(

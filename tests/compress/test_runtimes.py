@@ -24,8 +24,7 @@ needs_ov = pytest.mark.skipif(
 )
 
 
-# OpenVINO's runtime and PyTorch training crashed together in one test process (exit 139):
-# these tests run in a process of their own (`make test`).
+# `-m "not openvino"` deselects every test that loads OpenVINO / NNCF.
 pytestmark = pytest.mark.openvino
 
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from compress.recipe import Recipe
 from compress.teacher_cache import TeacherCache
-from studies.prune_sweep import main
+from studies.prune_sweep import _parser, main
 from studies.search_space import (
     DISTILL_WEIGHTS,
     FINETUNE_STEPS,
@@ -662,23 +662,35 @@ def test_missing_openvino_is_one_error_line(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("importable", "expected"), [(True, "ov_cpu"), (False, "ort_cpu")])
+@pytest.mark.parametrize(
+    ("missing", "expected"),
+    [((), "ov_cpu"), (("openvino",), "ort_cpu"), (("nncf",), "ort_cpu")],
+)
 def test_default_backend_is_the_fastest_cpu_runtime_installed(
-    monkeypatch: pytest.MonkeyPatch, importable: bool, expected: str
+    monkeypatch: pytest.MonkeyPatch, missing: tuple[str, ...], expected: str
 ) -> None:
+    """The sweep's default ``--latency-backend`` (omitted) resolves to OpenVINO when OpenVINO
+    and NNCF are installed (found, not imported), else to ONNX Runtime."""
+    import argparse
     import importlib.util
 
+    from compress import openvino
     from compress.runners import fastest_cpu_backend
+    from studies.sweep_latency import resolve_latency_flags
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: (
-            (real(name, *a) if importable else None) if name == "openvino" else real(name, *a)
-        ),
+        lambda name, *a: None if name in missing else (real(name, *a) or object()),
     )
+    monkeypatch.setattr(openvino, "unavailable_reason", lambda int8=False: None)
     assert fastest_cpu_backend() == expected
+    args = argparse.Namespace(latency_backend=None, round_to="8")
+    resolve_latency_flags(argparse.ArgumentParser(), args)
+    assert (args.latency_backend, args.round_to) == (expected, 8)
+    args = _parser().parse_args([])
+    assert args.latency_backend is None  # omitted: resolved by resolve_latency_flags
 
 
 @pytest.mark.parametrize(
