@@ -19,7 +19,7 @@ non-inferior on val (`studies.sweep_worker`). A new study first runs the warm-st
 
 Latency objective: ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (default:
 the fastest CPU runtime installed, `compress.runners.fastest_cpu_backend`: ``ov_cpu`` when
-OpenVINO is installed, else ``ort_cpu``; a backend that cannot run here is one ``error:`` line
+OpenVINO and NNCF are installed, else ``ort_cpu``; a backend that cannot run here is one ``error:`` line
 before any work). Every trial's artifact is built
 for that backend's runtime (``Recipe.runtime``: ONNX for ORT, an OpenVINO IR with NNCF int8 for
 OpenVINO, the checkpoint for torch), so the objective is the deployed latency. Each worker

@@ -69,8 +69,8 @@ def bf16_conv3d_hazard(patch_depth: int, divisor: int) -> str | None:
     (3x3x3 kernel, padding 1; the forward pass and the input gradient are right, depths 1, 3
     and 4 and any height or width are fine; fp32 is unaffected). A U-Net halves the depth at
     each of its pooling steps (``divisor`` = 2 ** poolings), so a patch depth that reaches 2 at
-    some level trains to NaN within a few steps (a unet3d-tiny at depth 8: 1 run in 100 at step
-    2, more the longer it trains). The README's "bf16 3D training" section has the repro.
+    some level can train to NaN (a unet3d-tiny at depth 8: NaN at step 2 in 1 run of 100).
+    The README (Training, **Precision**) has a 10-line repro.
     """
     depths = [patch_depth // 2**i for i in range(divisor.bit_length())]
     if 2 not in depths:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.sigstack import current_signal_stack, keep_signal_stack
+from compress.sigstack import _StackT, current_signal_stack, keep_signal_stack
 
 linux_only = pytest.mark.skipif(
     current_signal_stack() is None, reason="sigaltstack is read through Linux's libc"
@@ -22,18 +22,10 @@ linux_only = pytest.mark.skipif(
 SS_DISABLE = 2
 
 
-class _Stack(ctypes.Structure):
-    _fields_ = [
-        ("ss_sp", ctypes.c_void_p),
-        ("ss_flags", ctypes.c_int),
-        ("ss_size", ctypes.c_size_t),
-    ]
-
-
 def _install(buffer: mmap.mmap) -> int:
     """Make ``buffer`` this thread's signal stack, as OpenVINO's CPU plugin does; its address."""
     address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-    stack = _Stack(address, 0, len(buffer))
+    stack = _StackT(address, 0, len(buffer))
     assert ctypes.CDLL(None).sigaltstack(ctypes.byref(stack), None) == 0
     return address
 
