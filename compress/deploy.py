@@ -1,24 +1,27 @@
 """The deployable artifact of a recipe, per runtime: which file, how it runs, where it is timed.
 
-    from compress.deploy import artifact_forward, latency_backends, write_ir
-    write_ir("int8", "fp32.onnx", "out/model.xml", calibration=lambda: samples)   # NNCF int8 IR
-    forward = artifact_forward("openvino", "int8", "out/model.xml", model, threads=2)
+    from compress.deploy import artifact_forward, latency_backends, write_openvino
+    write_openvino("int8", "fp32.onnx", "out/model.onnx", calibration=lambda: samples)  # NNCF
+    forward = artifact_forward("openvino", "int8", "out/model.onnx", model, threads=2)
     latency_backends("openvino", "cpu")        # ("ov_cpu", "torch_cpu")
 
 | runtime | artifact | fp32 | fp16 | bf16 | int8 |
 |---|---|---|---|---|---|
 | ``ort`` | ``model.onnx`` | fp32 ONNX | fp16 weights (ORT CPU computes fp32) | the torch checkpoint (ORT's CPU has no bf16 convs) | ORT static QDQ |
-| ``openvino`` | ``model.xml`` + ``.bin`` | f32 hint | fp16 weights, f32 hint | fp32 IR, bf16 hint | NNCF PTQ IR, f32 hint |
+| ``openvino`` | ``model.onnx`` read by OpenVINO | f32 hint | fp16 weights, f32 hint | fp32 ONNX, bf16 hint | NNCF PTQ QDQ ONNX, f32 hint |
 | ``torch`` | ``checkpoint.pt`` | fp32 module | fp16 module | bf16 module | refused |
 
 The ``ort`` row is what `compress.pipeline` always did; the others follow `compress.openvino`
-and `compress.cast`. Latency is timed on the artifact's own runtime (``ort_cpu``, ``ov_cpu``,
-``torch_cuda`` on a GPU...) and on eager PyTorch on the CPU for reference.
+and `compress.cast`. An OpenVINO IR (``model.xml`` + ``.bin``, the artifact of studies made
+before the ONNX one) still loads and runs (`artifact_forward`, `write_openvino` to an ``.xml``).
+Latency is timed on the artifact's own runtime (``ort_cpu``, ``ov_cpu``, ``torch_cuda`` on a
+GPU...) and on eager PyTorch on the CPU for reference.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,8 +30,9 @@ from torch import nn
 
 from compress import openvino
 from unet.inference import Forward
+from unet.io import atomic_path
 
-ARTIFACTS = {"ort": "model.onnx", "openvino": "model.xml", "torch": "checkpoint.pt"}
+ARTIFACTS = {"ort": "model.onnx", "openvino": "model.onnx", "torch": "checkpoint.pt"}
 RUNTIME_BACKENDS = {"ort": "ort_cpu", "openvino": "ov_cpu", "torch": "torch_cpu"}
 
 
@@ -52,24 +56,44 @@ def latency_backends(runtime: str, device: str = "cpu") -> tuple[str, ...]:
     return backends + (("torch_cuda",) if device.startswith("cuda") else ())
 
 
-def write_ir(
+def write_float_onnx(
+    precision: str, fp32_onnx: str | os.PathLike[str], path: str | os.PathLike[str]
+) -> Path:
+    """The fp32 / bf16 (a copy of ``fp32_onnx``) or fp16 (weights halved) ONNX at ``path``,
+    written atomically: the float artifacts of both ONNX runtimes."""
+    if precision == "fp16":
+        from compress.cast import onnx_to_fp16
+
+        return onnx_to_fp16(fp32_onnx, path)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(
+            f"write_float_onnx: precision must be fp32, fp16 or bf16, got {precision!r}"
+        )
+    with atomic_path(path) as tmp:
+        shutil.copyfile(fp32_onnx, tmp)
+    return Path(path)
+
+
+def write_openvino(
     precision: str,
     fp32_onnx: str | os.PathLike[str],
-    xml: str | os.PathLike[str],
+    path: str | os.PathLike[str],
     calibration: Callable[[], np.ndarray],
     *,
     max_drop: float = 0.0,
     validation: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Path:
-    """The OpenVINO IR of ``precision`` at ``xml``: NNCF int8 calibrated on ``calibration()``
-    (training-split inputs, drawn only for int8), else converted from ``fp32_onnx``. With
-    ``max_drop > 0``, NNCF's accuracy control on ``validation()`` (val inputs and targets)."""
+    """The OpenVINO artifact of ``precision`` at ``path``: ONNX (``.onnx``) or an IR (``.xml``).
+    int8 is NNCF's, calibrated on ``calibration()`` (training-split inputs, drawn only for int8);
+    with ``max_drop > 0``, NNCF's accuracy control on ``validation()`` (val inputs and targets)."""
     if precision == "int8":
         checked = validation() if max_drop > 0 and validation is not None else None
         return openvino.quantize_nncf(
-            fp32_onnx, xml, calibration(), validation=checked, max_drop=max_drop
+            fp32_onnx, path, calibration(), validation=checked, max_drop=max_drop
         )
-    return openvino.onnx_to_ir(fp32_onnx, xml, precision)
+    if Path(path).suffix == ".xml":
+        return openvino.onnx_to_ir(fp32_onnx, path, precision)
+    return write_float_onnx(precision, fp32_onnx, path)
 
 
 def artifact_forward(
@@ -89,7 +113,7 @@ def artifact_forward(
     from compress.cast import cast_forward
 
     name = Path(path).name
-    if name.endswith(".xml"):
+    if name.endswith(".xml") or (runtime == "openvino" and name.endswith(".onnx")):
         return openvino.ov_forward(openvino.compile_ir(path, precision, threads=threads))
     if name.endswith(".onnx"):
         from compress.export import ort_forward, ort_session

@@ -220,7 +220,7 @@ def measure(
     *,
     onnx_path: str | os.PathLike[str] | None = None,
     artifact: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-    ir_path: str | os.PathLike[str] | None = None,
+    ov_path: str | os.PathLike[str] | None = None,
     precision: str = "fp32",
     backends: Sequence[str] = DEFAULT_BACKENDS,
     threads: int = DEFAULT_THREADS,
@@ -230,7 +230,7 @@ def measure(
 ) -> Measurement:
     """Measure ``model`` at batch 1 and ``spatial`` input size; returns numbers, prints nothing.
 
-    ``onnx_path`` is the ONNX artifact for the ORT backends; ``ir_path`` the OpenVINO IR for
+    ``onnx_path`` is the ONNX artifact for the ORT backends; ``ov_path`` the ONNX or IR for
     ``ov_cpu`` (default: ``onnx_path``, read by OpenVINO) compiled for the recipe
     ``precision``; ``artifact`` the file(s) whose size is reported (default: ``onnx_path``;
     None for both: sizes are None). ``backends`` picks the latency measurements (`BACKENDS`);
@@ -259,7 +259,7 @@ def measure(
     references = references or {}
     for backend in backends:
         reason = unavailable_reason(backend)
-        files = {"ov_cpu": ir_path or onnx_path}.get(backend, onnx_path)
+        files = {"ov_cpu": ov_path or onnx_path}.get(backend, onnx_path)
         if reason is None and RUNTIMES[backend] != "torch" and files is None:
             reason = "no ONNX artifact given (onnx_path=None)"
         if reason is None and backend == "torch_cpu" and model_dtype(model) == torch.float16:

@@ -1,27 +1,32 @@
-"""OpenVINO as a deployment runtime: IR artifacts, explicit precision, NNCF int8, a `Forward`.
+"""OpenVINO as a deployment runtime: explicit precision, NNCF int8, a `Forward`.
 
     pip install 'unet-compress[openvino]'       # openvino + nncf
 
     from compress.openvino import compile_ir, onnx_to_ir, ov_forward, quantize_nncf
+    quantize_nncf("runs/model.onnx", "runs/model-int8.onnx", calibration)   # NNCF int8, QDQ ONNX
+    quantize_nncf("runs/model.onnx", "runs/model-int8.xml", calibration)    # the same as an IR
     onnx_to_ir("runs/model.onnx", "runs/model.xml")                         # fp32 IR (+ .bin)
-    quantize_nncf("runs/model.onnx", "runs/model-int8.xml", calibration)    # NNCF PTQ int8 IR
-    forward = ov_forward(compile_ir("runs/model.xml", "fp32", threads=2))   # a unet Forward
+    forward = ov_forward(compile_ir("runs/model.onnx", "fp32", threads=2))  # a unet Forward
 
-The artifact is OpenVINO's IR (``model.xml`` + ``model.bin`` beside it), read from the
-project's own ONNX export (`compress.export.export_onnx`). Every compile states its settings
+OpenVINO reads the project's ONNX export (`compress.export.export_onnx`) directly, and its own
+IR (``model.xml`` + ``model.bin`` beside it). The deployable artifact of ``--runtime openvino``
+is the ONNX (`compress.deploy`): an IR stores its graph as XML of ~170 KB whatever the weights,
+which is larger than a pruned int8 U-Net's weights, while NNCF's QDQ ONNX runs as fast in
+OpenVINO (README, "ONNX artifact for OpenVINO"). Every compile states its settings
 (`compile_config`): ``INFERENCE_PRECISION_HINT`` (``f32`` or ``bf16``), ``INFERENCE_NUM_THREADS``,
 ``NUM_STREAMS`` 1 and ``PERFORMANCE_HINT`` LATENCY, for batch-1 latency. The precision hint is
 never left to OpenVINO: on a CPU with bf16 units its default is bf16, which moves logits by
-~1e-3 (FACTS.md). A recipe's precision maps to an IR and a hint (`PRECISIONS`):
+~1e-3 (FACTS.md). A recipe's precision maps to a model file and a hint (`PRECISIONS`):
 
 * ``fp32``: fp32 weights, f32 inference;
-* ``bf16``: the fp32 IR compiled with the bf16 hint (a precision of its own, with its own Dice);
-* ``fp16``: weights stored as fp16 in the IR (half the size), f32 inference; this machine kind
-  has no fp16 arithmetic, so fp16 is a storage format here, as it is for ONNX Runtime's CPU;
+* ``bf16``: the fp32 model compiled with the bf16 hint (a precision of its own, with its own Dice);
+* ``fp16``: weights stored as fp16 (half the size), f32 inference; this machine kind has no fp16
+  arithmetic, so fp16 is a storage format here, as it is for ONNX Runtime's CPU;
 * ``int8``: NNCF post-training quantization (``nncf.quantize``, min-max ranges on
-  training-split inputs, mixed preset) of the fp32 OpenVINO model; non-quantized operators in f32.
-  With a ``max_drop`` (recipe ``int8_max_drop``) NNCF's accuracy control reverts operators to f32
-  until the Dice on val samples is within it.
+  training-split inputs, mixed preset; NNCF's ONNX backend for an ``.onnx`` output, its OpenVINO
+  backend for an ``.xml`` one); non-quantized operators in f32. With a ``max_drop`` (recipe
+  ``int8_max_drop``) NNCF's accuracy control reverts operators to f32 until the Dice on val
+  samples, computed in OpenVINO, is within it.
 
 openvino and nncf are optional: importing this module works without them, and every function
 that needs them raises `OpenVINOUnavailable` with the install command.
@@ -35,7 +40,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,6 +49,7 @@ import numpy as np
 
 from compress.sigstack import keep_signal_stack
 from unet.inference import Forward
+from unet.io import atomic_path
 from unet.metrics import dice
 
 # recipe precision -> (weights stored as fp16 in the IR, INFERENCE_PRECISION_HINT)
@@ -144,23 +150,25 @@ def onnx_to_ir(
 
 def quantize_nncf(
     onnx_path: str | os.PathLike[str],
-    xml: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     calibration: np.ndarray,
     *,
     preset: str = "mixed",
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     max_drop: float = 0.0,
 ) -> Path:
-    """NNCF post-training int8 quantization of the ONNX model, written as an IR at ``xml``.
+    """NNCF post-training int8 quantization of the ONNX model, written to ``out``.
 
-    ``calibration`` is ``(n, C, *spatial)`` float32 from the training split (one sample per
-    inference, all ``n`` used); ``preset`` ``mixed`` (symmetric weights, asymmetric
-    activations: ReLU outputs keep all 256 levels) or ``performance`` (symmetric both).
+    ``out`` ending in ``.onnx``: NNCF's ONNX backend, a QDQ ONNX (int8 weights) that OpenVINO
+    runs; ``.xml``: NNCF's OpenVINO backend, an IR (``.xml`` + ``.bin``). ``calibration`` is
+    ``(n, C, *spatial)`` float32 from the training split (one sample per inference, all ``n``
+    used); ``preset`` ``mixed`` (symmetric weights, asymmetric activations: ReLU outputs keep
+    all 256 levels) or ``performance`` (symmetric both).
 
     ``max_drop > 0`` runs NNCF's accuracy-control variant (``nncf.quantize_with_accuracy_control``):
-    operators are reverted to f32, most harmful first, until the `validation_dice` of the int8
-    model on ``validation`` (inputs and region targets, e.g. `unet.data.sample_pairs` of the val
-    split) is at most ``max_drop`` (absolute, Dice units) below the fp32 model's.
+    operators are reverted to f32, most harmful first, until the `validation_dice` in OpenVINO
+    of the int8 model on ``validation`` (inputs and region targets, e.g. `unet.data.sample_pairs`
+    of the val split) is at most ``max_drop`` (absolute, Dice units) below the fp32 model's.
     """
     reason = unavailable_reason(int8=True)
     if reason:
@@ -173,31 +181,72 @@ def quantize_nncf(
     }
     if preset not in presets:
         raise ValueError(f"quantize_nncf: preset must be one of {tuple(presets)}, got {preset!r}")
+    if Path(out).suffix not in (".onnx", ".xml"):
+        raise ValueError(f"{out}: an NNCF int8 model path must end in .onnx or .xml")
     samples = _batch("calibration", calibration)
     if not 0.0 <= max_drop < 1.0:
         raise ValueError(f"quantize_nncf: max_drop must be in [0, 1), got {max_drop}")
     if max_drop > 0 and validation is None:
         raise ValueError("quantize_nncf: max_drop > 0 needs validation (inputs, targets)")
     ov = _openvino()
-    model = _read_onnx(onnx_path)
     nncf.set_log_level(logging.ERROR)
+    if Path(out).suffix == ".onnx":
+        return _quantize_onnx(nncf, onnx_path, out, samples, presets[preset], validation, max_drop)
+    model = _read_onnx(onnx_path)
     with keep_signal_stack():  # NNCF compiles on Cores of its own (compress.sigstack)
-        quantized = _nncf_quantize(nncf, model, samples, presets[preset], validation, max_drop)
-    with _atomic_ir(xml) as tmp:
+        quantized = _nncf_quantize(
+            nncf, model, samples, lambda s: s[None], presets[preset], validation, max_drop,
+            validation_dice,
+        )  # fmt: skip
+    with _atomic_ir(out) as tmp:
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)
-    return Path(xml)
+    return Path(out)
+
+
+def _quantize_onnx(
+    nncf: ModuleType,
+    onnx_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    samples: np.ndarray,
+    preset: Any,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    max_drop: float,
+) -> Path:
+    """`quantize_nncf` with NNCF's ONNX backend: a QDQ ``.onnx`` written atomically."""
+    import onnx
+
+    if not Path(onnx_path).is_file():
+        raise FileNotFoundError(f"{onnx_path}: no such ONNX file")
+    model = onnx.load(str(onnx_path))
+    name = model.graph.input[0].name
+
+    def validate(proto: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+        return validation_dice(compile_ir(proto), items)  # the Dice in OpenVINO, not ORT
+
+    with keep_signal_stack():  # validation compiles in OpenVINO (compress.sigstack)
+        quantized = _nncf_quantize(
+            nncf, model, samples, lambda s: {name: s[None]}, preset, validation, max_drop,
+            validate,
+        )  # fmt: skip
+    with atomic_path(out) as tmp:
+        onnx.save(quantized, str(tmp))
+    return Path(out)
 
 
 def _nncf_quantize(
     nncf: ModuleType,
     model: Any,
     samples: np.ndarray,
+    feed: Callable[[np.ndarray], Any],
     preset: Any,
     validation: tuple[np.ndarray, np.ndarray] | None,
     max_drop: float,
+    validation_fn: Callable[[Any, Iterable[tuple[np.ndarray, np.ndarray]]], float],
 ) -> Any:
-    """`quantize_nncf`'s call into NNCF: plain PTQ, or accuracy control when ``max_drop > 0``."""
-    calibration_set = nncf.Dataset([s[None] for s in samples])
+    """`quantize_nncf`'s call into NNCF: plain PTQ on ``samples`` (``feed`` turns one into the
+    backend's input), or accuracy control when ``max_drop > 0`` (``validation_fn`` gets the
+    backend's model: a compiled OpenVINO model or an ONNX proto)."""
+    calibration_set, subset_size = nncf.Dataset(list(samples), feed), len(samples)
     if max_drop > 0:
         assert validation is not None
         images = _batch("validation inputs", validation[0])
@@ -210,13 +259,13 @@ def _nncf_quantize(
             model,
             calibration_set,
             nncf.Dataset(list(zip(images[:, None], targets[:, None], strict=True))),
-            validation_dice,
+            validation_fn,
             max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE,
             preset=preset,
-            subset_size=len(samples),
+            subset_size=subset_size,
         )
-    return nncf.quantize(model, calibration_set, preset=preset, subset_size=len(samples))
+    return nncf.quantize(model, calibration_set, preset=preset, subset_size=subset_size)
 
 
 def _batch(name: str, samples: np.ndarray) -> np.ndarray:
@@ -237,23 +286,25 @@ def validation_dice(compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]
     return float(np.mean(scores))
 
 
-def compile_ir(
-    path: str | os.PathLike[str], precision: str = "fp32", threads: int | None = None
-) -> Any:
-    """An OpenVINO ``CompiledModel`` on the CPU for an IR (``.xml``) or ONNX file.
+def compile_ir(path: Any, precision: str = "fp32", threads: int | None = None) -> Any:
+    """An OpenVINO ``CompiledModel`` on the CPU for an IR (``.xml``) or ONNX file, or an
+    ``onnx.ModelProto`` in memory.
 
     ``precision`` is the recipe's (fp32, fp16, int8 compile with the f32 hint, bf16 with bf16);
     ``threads`` pins ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default).
     """
     ov = _openvino()
     config = compile_config(precision, threads)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such OpenVINO model file")
     core = ov.Core()
-    try:
-        model = core.read_model(str(path))
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: not a loadable OpenVINO / ONNX model: {exc}") from exc
+    if hasattr(path, "SerializeToString"):  # an ONNX proto (NNCF's accuracy control)
+        model = core.read_model(path.SerializeToString(), b"")
+    else:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such OpenVINO model file")
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: not a loadable OpenVINO / ONNX model: {exc}") from exc
     with keep_signal_stack():  # the CPU plugin's own stack would dangle (compress.sigstack)
         return core.compile_model(model, DEVICE, config)
 

@@ -27,9 +27,9 @@ The test split is never read here. Writes into ``--out``:
   comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
   Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
 
-With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the OpenVINO
-IR ``model.xml`` + ``model.bin`` instead of ``model.onnx`` (int8 by NNCF; bf16 is OpenVINO's bf16
-inference; `compress.deploy`); with ``runtime="torch"`` it is ``checkpoint.pt``. The compressed
+With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the
+``model.onnx`` OpenVINO reads (int8 by NNCF, as QDQ ONNX; bf16 is OpenVINO's bf16 inference on
+the fp32 ONNX; `compress.deploy`); with ``runtime="torch"`` it is ``checkpoint.pt``. The compressed
 M also holds ``paired`` and ``speedup_<backend>``: the speed-up vs the baseline measured in
 alternating rounds on the same backend (`compress.timing.paired_latency`).
 
@@ -40,7 +40,6 @@ alternating rounds on the same backend (`compress.timing.paired_latency`).
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -48,14 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.cast import cast_module, onnx_to_fp16
+from compress.cast import cast_module
 from compress.components import search_min_components, size_caps
 from compress.deploy import (
     artifact_files,
     artifact_forward,
     artifact_name,
     latency_backends,
-    write_ir,
+    write_float_onnx,
+    write_openvino,
 )
 from compress.export import check_parity, export_onnx, ort_forward, ort_session
 from compress.measure import measure
@@ -167,12 +167,11 @@ def _metrics(
 ) -> dict[str, Any]:
     if backends is None:
         backends = latency_backends("ort", device)
-    xml = artifact if artifact.suffix == ".xml" else None
     m = measure(
         model,
         spatial,
         onnx_path=onnx_path,
-        ir_path=xml,
+        ov_path=artifact if artifact.suffix in (".xml", ".onnx") else None,
         precision=precision,
         artifact=artifact_files(artifact),
         threads=threads,
@@ -309,23 +308,19 @@ def compress_checkpoint(
             n, dims = recipe.calibration_samples, cfg.spatial_dims
             return sample_pairs(data, split, n, dims, patch_size, seed, divisor=cfg.divisor)
 
-        if onnx_path is None:  # openvino: the IR; torch: the checkpoint (below)
-            if recipe.runtime == "openvino":
-                write_ir(
-                    recipe.precision,
-                    fp32_onnx,
-                    artifact,
-                    lambda: draw("train")[0],
-                    max_drop=recipe.int8_max_drop,
-                    validation=lambda: draw("val"),
-                )
-        elif recipe.precision == "int8":
+        if recipe.runtime == "openvino":  # the ONNX OpenVINO reads (NNCF's QDQ for int8)
+            write_openvino(
+                recipe.precision,
+                fp32_onnx,
+                artifact,
+                lambda: draw("train")[0],
+                max_drop=recipe.int8_max_drop,
+                validation=lambda: draw("val"),
+            )
+        elif onnx_path is not None and recipe.precision == "int8":
             quantize_int8(fp32_onnx, onnx_path, draw("train")[0], recipe.calibration)
-        elif recipe.precision == "fp16":
-            onnx_to_fp16(fp32_onnx, onnx_path)
-        else:
-            shutil.copyfile(fp32_onnx, Path(tmp) / "copy.onnx")
-            Path(tmp, "copy.onnx").replace(onnx_path)
+        elif onnx_path is not None:  # the torch runtime's artifact is the checkpoint (below)
+            write_float_onnx(recipe.precision, fp32_onnx, onnx_path)
 
     if artifact.suffix == ".pt" and recipe.precision != "fp32":
         cast_module(model, recipe.precision)
@@ -390,7 +385,7 @@ def compress_checkpoint(
         val_per_subject=val_result.per_subject,
         torch_dtype=str(next(model.parameters()).dtype),
     )
-    if artifact.suffix == ".xml":
+    if recipe.runtime == "openvino":
         from compress.openvino import compile_ir, effective_precision
 
         compressed["ov_inference_precision"] = effective_precision(

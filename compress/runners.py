@@ -11,7 +11,7 @@ Backends and the artifact each runs (its runtime, as in `compress.recipe.Recipe.
 |---|---|---|---|
 | ``ort_cpu`` | ort | ONNX | ONNX Runtime, CPU provider |
 | ``ort_cuda`` | ort | ONNX | ONNX Runtime, CUDA provider |
-| ``ov_cpu`` | openvino | IR ``.xml`` (or ONNX) | OpenVINO CPU plugin, explicit precision hint |
+| ``ov_cpu`` | openvino | ONNX (or IR ``.xml``) | OpenVINO CPU plugin, explicit precision hint |
 | ``torch_cpu`` | torch | ``nn.Module`` | PyTorch eager, inference mode |
 | ``torch_cuda`` | torch | ``nn.Module`` | PyTorch eager on the GPU |
 
@@ -104,7 +104,7 @@ def latency_call(
 ) -> Callable[[], object]:
     """A zero-argument call running ``artifact`` once on ``backend`` at ``input_shape``.
 
-    ``artifact``: an ONNX path (``ort_*``), an IR ``.xml`` or ONNX path (``ov_cpu``), or an
+    ``artifact``: an ONNX path (``ort_*``), an ONNX or IR ``.xml`` path (``ov_cpu``), or an
     ``nn.Module`` in its deployed dtype (``torch_*``). ``precision`` picks OpenVINO's hint
     (`compress.openvino.compile_config`). Raises `RuntimeError` subclasses from the runtimes
     when the backend is unavailable (see `unavailable_reason`).

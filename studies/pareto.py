@@ -165,7 +165,7 @@ class TrialModel:
         self, threads: int | None = None, device: str = "cpu"
     ) -> tuple[Forward, UNetConfig]:
         """A `unet.inference.Forward` running the deployable artifact (ONNX in ONNX Runtime,
-        IR in OpenVINO with the recipe's precision, or the checkpoint), and the model's config."""
+        ONNX or IR in OpenVINO with the recipe's precision, or the checkpoint), and the model's config."""
         from compress.cast import cast_module
         from compress.deploy import artifact_forward
         from unet.checkpoint import load_checkpoint

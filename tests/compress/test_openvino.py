@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from compress import openvino as cov
+from compress.deploy import artifact_forward, write_openvino
 from compress.export import export_onnx
 from compress.measure import file_sizes
 from unet import zoo
@@ -82,18 +84,74 @@ def test_fp16_ir_halves_the_weights(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "spatial"), [("unet2d-tiny", (32, 32)), ("unet3d-tiny", (16, 16, 16))]
 )
-def test_nncf_int8_stays_close(tmp_path: Path, name: str, spatial: tuple) -> None:
+@pytest.mark.parametrize("suffix", [".onnx", ".xml"])
+def test_nncf_int8_stays_close(tmp_path: Path, name: str, spatial: tuple, suffix: str) -> None:
     torch.manual_seed(0)
     onnx_path = export_onnx(zoo.create(name).eval(), tmp_path / "m.onnx")
-    fp32 = cov.ov_forward(cov.compile_ir(cov.onnx_to_ir(onnx_path, tmp_path / "f.xml")))
-    xml = cov.quantize_nncf(onnx_path, tmp_path / "q.xml", _inputs(6, spatial))
-    text = xml.read_text(encoding="utf-8")
-    assert "FakeQuantize" in text or "FakeConvert" in text  # really quantized
-    int8 = cov.ov_forward(cov.compile_ir(xml, "int8", threads=2))
+    fp32 = cov.ov_forward(cov.compile_ir(onnx_path))
+    out = cov.quantize_nncf(onnx_path, tmp_path / f"q{suffix}", _inputs(6, spatial))
+    assert _quantized(out)
+    int8 = cov.ov_forward(cov.compile_ir(out, "int8", threads=2))
     x = _inputs(2, spatial, seed=5)
     a, b = fp32(x), int8(x)
     # the tolerance test_quantize.py uses for ORT int8 of a random model
     assert np.abs(b - a).mean() < 0.1 * np.abs(a).mean()
+
+
+def _quantized(path: Path) -> bool:
+    """Whether an int8 model file holds quantizers: QDQ nodes (ONNX) or FakeQuantize (IR)."""
+    if path.suffix == ".onnx":
+        ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+        return {"QuantizeLinear", "DequantizeLinear"} <= ops
+    text = path.read_text(encoding="utf-8")
+    return "FakeQuantize" in text or "FakeConvert" in text
+
+
+@needs_ov
+def test_int8_onnx_is_smaller_than_the_ir_of_the_same_quantization(tmp_path: Path) -> None:
+    """The reason OpenVINO's artifact is ONNX: an IR's XML graph outweighs a small int8 U-Net."""
+    torch.manual_seed(0)
+    onnx_path = export_onnx(zoo.create("unet2d-small").eval(), tmp_path / "m.onnx")
+    calibration = _inputs(4, (32, 32))
+    qdq = cov.quantize_nncf(onnx_path, tmp_path / "q.onnx", calibration)
+    ir = file_sizes(cov.ir_files(cov.quantize_nncf(onnx_path, tmp_path / "q.xml", calibration)))
+    assert file_sizes(qdq)[0] < 0.9 * ir[0]
+    x = _inputs(1, (32, 32), seed=7)
+    a = cov.ov_forward(cov.compile_ir(qdq, "int8"))(x)
+    b = cov.ov_forward(cov.compile_ir(tmp_path / "q.xml", "int8"))(x)
+    assert np.abs(a - b).mean() < 0.02 * np.abs(b).mean()  # the same quantization, either way
+
+
+@needs_ov
+def test_fp16_onnx_halves_the_weights_and_runs_in_f32(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = zoo.create("unet2d-small").eval()
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    half = write_openvino("fp16", onnx_path, tmp_path / "h.onnx", calibration=_no_calibration)
+    assert 0.45 < half.stat().st_size / onnx_path.stat().st_size < 0.6
+    compiled = cov.compile_ir(half, "fp16", threads=2)
+    assert cov.effective_precision(compiled) == "f32"
+    x = _inputs(1, (32, 32), seed=2)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(cov.ov_forward(compiled)(x) - expected).max() <= 1e-2 * np.abs(expected).max()
+
+
+@needs_ov
+def test_an_ir_artifact_of_an_older_study_still_runs(tmp_path: Path) -> None:
+    """Studies made before the ONNX artifact stored ``model.xml``: it loads and matches."""
+    torch.manual_seed(0)
+    model = zoo.create("unet2d-tiny").eval()
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    xml = write_openvino("fp32", onnx_path, tmp_path / "model.xml", calibration=_no_calibration)
+    x = _inputs(1, (32, 32), seed=3)
+    old = artifact_forward("openvino", "fp32", xml, model, threads=1)(x)
+    new = artifact_forward("openvino", "fp32", onnx_path, model, threads=1)(x)
+    assert np.abs(old - new).max() <= 1e-5
+
+
+def _no_calibration() -> np.ndarray:
+    raise AssertionError("calibration is drawn for int8 only")
 
 
 @needs_ov
@@ -104,6 +162,11 @@ def test_nncf_int8_stays_close(tmp_path: Path, name: str, spatial: tuple) -> Non
         (lambda d: cov.onnx_to_ir(d / "m.onnx", d / "m.ir"), ValueError),
         (lambda d: cov.onnx_to_ir(d / "m.onnx", d / "m.xml", "int8"), ValueError),
         (lambda d: cov.quantize_nncf(d / "m.onnx", d / "m.xml", np.zeros((4, 4))), ValueError),
+        (lambda d: cov.quantize_nncf(d / "m.onnx", d / "q.ir", _inputs(2, (8, 8))), ValueError),
+        (
+            lambda d: cov.quantize_nncf(d / "missing.onnx", d / "q.onnx", _inputs(2, (8, 8))),
+            FileNotFoundError,
+        ),
         (  # accuracy control without validation samples
             lambda d: cov.quantize_nncf(
                 d / "m.onnx", d / "m.xml", _inputs(2, (8, 8)), max_drop=0.1
@@ -113,7 +176,7 @@ def test_nncf_int8_stays_close(tmp_path: Path, name: str, spatial: tuple) -> Non
         (  # validation targets of other samples
             lambda d: cov.quantize_nncf(
                 d / "m.onnx",
-                d / "m.xml",
+                d / "q.onnx",
                 _inputs(2, (8, 8)),
                 validation=(_inputs(2, (8, 8)), np.zeros((3, 3, 8, 8))),
                 max_drop=0.1,
@@ -144,7 +207,8 @@ def test_validation_dice_is_the_mean_over_samples_and_regions() -> None:
 
 
 @needs_ov
-def test_accuracy_control_keeps_the_val_dice_within_max_drop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".onnx", ".xml"])
+def test_accuracy_control_keeps_the_val_dice_within_max_drop(tmp_path: Path, suffix: str) -> None:
     """Targets are the fp32 model's own masks (fp32 Dice 1): plain NNCF int8 of a random model
     whose logits sit around 0 flips many of them; accuracy control must end within ``max_drop``
     of 1."""
@@ -156,18 +220,18 @@ def test_accuracy_control_keeps_the_val_dice_within_max_drop(tmp_path: Path) -> 
         head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         head.bias -= logits.transpose(0, 1).flatten(1).median(dim=1).values
     onnx_path = export_onnx(model, tmp_path / "m.onnx")
-    fp32 = cov.ov_forward(cov.compile_ir(cov.onnx_to_ir(onnx_path, tmp_path / "f.xml")))
+    fp32 = cov.ov_forward(cov.compile_ir(onnx_path))
     targets = (fp32(images) > 0).astype(np.float32)
     items = list(zip(images[:, None], targets[:, None], strict=True))
 
-    def dice_of(xml: Path) -> float:
-        forward = cov.ov_forward(cov.compile_ir(xml, "int8", threads=1))
+    def dice_of(path: Path) -> float:
+        forward = cov.ov_forward(cov.compile_ir(path, "int8", threads=1))
         return cov.validation_dice(lambda x: [forward(x)], items)
 
-    plain = dice_of(cov.quantize_nncf(onnx_path, tmp_path / "p.xml", _inputs(6, (32, 32))))
-    xml = cov.quantize_nncf(
-        onnx_path, tmp_path / "ac.xml", _inputs(6, (32, 32)), validation=(images, targets),
+    plain = dice_of(cov.quantize_nncf(onnx_path, tmp_path / f"p{suffix}", _inputs(6, (32, 32))))
+    out = cov.quantize_nncf(
+        onnx_path, tmp_path / f"ac{suffix}", _inputs(6, (32, 32)), validation=(images, targets),
         max_drop=0.002,
     )  # fmt: skip
-    assert dice_of(xml) >= 1 - 0.002 - 1e-6
+    assert dice_of(out) >= 1 - 0.002 - 1e-6
     assert plain < 1 - 0.002  # the control had something to do

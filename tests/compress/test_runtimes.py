@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -40,8 +41,8 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, blob_data: Path) -> Path:
     [
         ("ort", "fp32", "model.onnx", "cpu", ("ort_cpu", "torch_cpu")),
         ("ort", "bf16", "checkpoint.pt", "cpu", ("ort_cpu", "torch_cpu")),
-        ("openvino", "int8", "model.xml", "cpu", ("ov_cpu", "torch_cpu")),
-        ("openvino", "bf16", "model.xml", "cuda", ("ov_cpu", "torch_cpu", "torch_cuda")),
+        ("openvino", "int8", "model.onnx", "cpu", ("ov_cpu", "torch_cpu")),
+        ("openvino", "bf16", "model.onnx", "cuda", ("ov_cpu", "torch_cpu", "torch_cuda")),
         ("torch", "fp16", "checkpoint.pt", "cuda", ("torch_cpu", "torch_cuda")),
     ],
 )
@@ -87,19 +88,19 @@ def test_openvino_recipe_end_to_end(
     )
     result = compress_checkpoint(baseline, blob_data, recipe, tmp_path, threads=1)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["checkpoint.pt", "metrics.json", "model.bin", "model.xml", "recipe.json"]
-    assert result["artifact"] == "model.xml"
+    assert files == ["checkpoint.pt", "metrics.json", "model.onnx", "recipe.json"]
+    assert result["artifact"] == "model.onnx"
     c = result["compressed"]
-    xml, bin_ = tmp_path / "model.xml", tmp_path / "model.bin"
-    assert c["size_bytes"] == xml.stat().st_size + bin_.stat().st_size
+    artifact = tmp_path / "model.onnx"
+    assert c["size_bytes"] == artifact.stat().st_size
     assert set(c["latency_ms"]) == {"ov_cpu", "torch_cpu"}
     # paired against the baseline's fp32 call on the same backend, ratios stored flat too
     assert set(c["paired"]) == {"ov_cpu", "torch_cpu"}
     assert c["speedup_ov_cpu"] == c["paired"]["ov_cpu"]["speedup"] > 0
     assert c["paired"]["ov_cpu"]["rounds"] == 20
-    assert c["ov_inference_precision"] == "f32"  # int8 IR, non-quantized ops in f32
-    text = xml.read_text(encoding="utf-8")
-    assert ("FakeQuantize" in text or "FakeConvert" in text) == (precision == "int8")
+    assert c["ov_inference_precision"] == "f32"  # int8 QDQ, non-quantized ops in f32
+    ops = {node.op_type for node in onnx.load(str(artifact)).graph.node}
+    assert ("QuantizeLinear" in ops and "DequantizeLinear" in ops) == (precision == "int8")
     # the stored val Dice is the one of the deployed artifact, reproducible from it
     from unet import load_checkpoint
     from unet.evaluate import evaluate_model
@@ -107,7 +108,7 @@ def test_openvino_recipe_end_to_end(
     model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     assert meta["runtime"] == "openvino" and meta["precision"] == precision
     assert Recipe.from_json(tmp_path / "recipe.json").int8_max_drop == max_drop
-    forward = cov.ov_forward(cov.compile_ir(xml, precision, threads=1))
+    forward = cov.ov_forward(cov.compile_ir(artifact, precision, threads=1))
     again = evaluate_model(forward, blob_data, "val", hd95=False, spatial_dims=2, divisor=4)
     assert again["mean"]["dice"]["mean"] == pytest.approx(c["val_dice"]["mean"], abs=1e-6)
     assert json.loads((tmp_path / "metrics.json").read_text())["compressed"]["speedup_ov_cpu"]
