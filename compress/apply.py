@@ -276,8 +276,8 @@ def _parser() -> argparse.ArgumentParser:
         "--runtime",
         choices=RUNTIMES,
         default=d.runtime,
-        help="deployment runtime: ort (model.onnx), openvino (model.onnx read by OpenVINO; int8 via "
-        "NNCF), "
+        help="deployment runtime: ort (model.onnx), openvino (model.onnx read by OpenVINO; int8: "
+        "NNCF's IR model.xml/.bin), "
         "torch (checkpoint.pt)",
     )
     p.add_argument(

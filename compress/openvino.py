@@ -9,10 +9,10 @@
     forward = ov_forward(compile_ir("runs/model.onnx", "fp32", threads=2))  # a unet Forward
 
 OpenVINO reads the project's ONNX export (`compress.export.export_onnx`) directly, and its own
-IR (``model.xml`` + ``model.bin`` beside it). The deployable artifact of ``--runtime openvino``
-is the ONNX (`compress.deploy`): an IR stores its graph as XML of ~170 KB whatever the weights,
-which is larger than a pruned int8 U-Net's weights, while NNCF's QDQ ONNX runs as fast in
-OpenVINO (README, "ONNX artifact for OpenVINO"). Every compile states its settings
+IR (``model.xml`` + ``model.bin`` beside it). The float artifacts of ``--runtime openvino`` are
+ONNX (an IR stores its graph as ~170 KB of XML whatever the weights); the int8 one is NNCF's IR,
+because OpenVINO runs NNCF's QDQ ONNX of the same quantization as fast but less accurately
+(`compress.deploy`; README, "Twelfth measurement session"). Every compile states its settings
 (`compile_config`): ``INFERENCE_PRECISION_HINT`` (``f32`` or ``bf16``), ``INFERENCE_NUM_THREADS``,
 ``NUM_STREAMS`` 1 and ``PERFORMANCE_HINT`` LATENCY, for batch-1 latency. The precision hint is
 never left to OpenVINO: on a CPU with bf16 units its default is bf16, which moves logits by

@@ -28,8 +28,8 @@ The test split is never read here. Writes into ``--out``:
   Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
 
 With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the
-``model.onnx`` OpenVINO reads (int8 by NNCF, as QDQ ONNX; bf16 is OpenVINO's bf16 inference on
-the fp32 ONNX; `compress.deploy`); with ``runtime="torch"`` it is ``checkpoint.pt``. The compressed
+``model.onnx`` OpenVINO reads (bf16 is OpenVINO's bf16 inference on the fp32 ONNX), or for int8
+NNCF's IR ``model.xml`` + ``model.bin`` (`compress.deploy`); with ``runtime="torch"`` it is ``checkpoint.pt``. The compressed
 M also holds ``paired`` and ``speedup_<backend>``: the speed-up vs the baseline measured in
 alternating rounds on the same backend (`compress.timing.paired_latency`).
 
@@ -308,7 +308,7 @@ def compress_checkpoint(
             n, dims = recipe.calibration_samples, cfg.spatial_dims
             return sample_pairs(data, split, n, dims, patch_size, seed, divisor=cfg.divisor)
 
-        if recipe.runtime == "openvino":  # the ONNX OpenVINO reads (NNCF's QDQ for int8)
+        if recipe.runtime == "openvino":  # the ONNX OpenVINO reads; int8: NNCF's IR
             write_openvino(
                 recipe.precision,
                 fp32_onnx,

@@ -72,7 +72,7 @@ class Recipe:
       before structured / pair pruning (0 = off; `compress.regularize`), with coefficient
       ``regularize_strength`` (Torch-Pruning ``GroupNormPruner(reg=...)``).
     * ``runtime``: the deployment runtime the artifact is built for: ``ort`` (ONNX file; int8 =
-      ORT static QDQ), ``openvino`` (ONNX read by OpenVINO; int8 = NNCF QDQ, bf16 = OpenVINO's
+      ORT static QDQ), ``openvino`` (ONNX read by OpenVINO; int8 = NNCF's IR, bf16 = OpenVINO's
       bf16 inference) or ``torch`` (the checkpoint; fp32/fp16/bf16, no int8).
     * ``int8_max_drop``: OpenVINO int8 only: NNCF's accuracy control keeps the int8 model's Dice
       on ``calibration_samples`` val samples within this absolute drop of the fp32 model's,

@@ -6,6 +6,7 @@
     python -m studies.bench ceiling                                          # see studies.ceiling
     python -m studies.bench peers --checkpoint BASELINE.pt --data DATA.h5 --recipe recipe.json
     python -m studies.bench macs                                             # see studies.bench_macs
+    python -m studies.bench ovformat --checkpoint TRIAL/checkpoint.pt --data DATA.h5   # IR vs ONNX
 
 ``train`` times the same training loop with ``--amp off`` and ``--amp bf16`` in one process,
 alternating, and reports samples/s and their ratio. ``compress`` runs the reference recipes on
@@ -13,7 +14,8 @@ one baseline — (a) structured 0.5 + fine-tune, (b) the same + int8, (c) unstru
 fine-tune — and prints size, compressed size, ORT and torch latency and val Dice per region
 beside the baseline. ``recovery`` compares the recovery methods after structured pruning on
 the test split with paired CIs (`studies.bench_recovery`); ``peers`` sets a recipe beside ORT's
-default int8, NNCF int8 on OpenVINO and Torch-Pruning's stock pruner (`studies.bench_peers`).
+default int8, NNCF int8 on OpenVINO and Torch-Pruning's stock pruner (`studies.bench_peers`);
+``ovformat`` sets OpenVINO's IR beside the ONNX it reads, per precision (`studies.bench_ovformat`).
 All write JSON next to the printed
 table (``--out``). Ratios from one run are what to compare; absolute numbers move with the
 machine's load.
@@ -33,7 +35,7 @@ import torch
 from compress.apply import ratios
 from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
-from studies import bench_macs, bench_recovery
+from studies import bench_macs, bench_ovformat, bench_recovery
 from studies.bench_args import add_baseline_arguments, add_run_arguments
 from studies.bench_peers import ROWS
 from unet import zoo
@@ -184,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", default="runs/bench/ceiling.json", help="output file or folder")
     _peers_parser(sub)
     bench_macs.add_parser(sub)
+    bench_ovformat.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "macs":
         return bench_macs.command(parser, args)
+    if args.command == "ovformat":
+        return bench_ovformat.command(parser, args)
     if args.command == "peers":
         return _peers_main(parser, args)
     if args.command == "recovery":

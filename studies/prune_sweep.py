@@ -21,7 +21,7 @@ Latency objective: ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_c
 the fastest CPU runtime installed, `compress.runners.fastest_cpu_backend`: ``ov_cpu`` when
 OpenVINO and NNCF are installed, else ``ort_cpu``; a backend that cannot run here is one ``error:`` line
 before any work). Every trial's artifact is built
-for that backend's runtime (``Recipe.runtime``: ONNX for ORT, ONNX with NNCF int8 read by
+for that backend's runtime (``Recipe.runtime``: ONNX for ORT, ONNX or NNCF's int8 IR for
 OpenVINO, the checkpoint for torch), so the objective is the deployed latency. Each worker
 opens the baseline's fp32 session on that backend once and keeps it for the whole study
 (`worker_references`); each trial is timed against it in alternating rounds

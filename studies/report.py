@@ -9,7 +9,7 @@ first): recipe, params, size (deployable and zlib-compressed), compression facto
 Runtime / OpenVINO / PyTorch latency speed-up vs the baseline (paired: both timed in alternating
 rounds, `compress.timing`), val and test Dice per region and mean, and test HD95. Each Pareto
 model is evaluated through its deployable artifact (``model.onnx`` in ONNX Runtime or
-OpenVINO, as its recipe's runtime says) with its stored threshold(s); the baseline through its checkpoint with its stored
+OpenVINO, an int8 IR ``model.xml`` in OpenVINO) with its stored threshold(s); the baseline through its checkpoint with its stored
 threshold. The Pareto set itself is `optuna.Study.best_trials` (validation objectives, feasible
 trials only): the test split never influences which models are reported.
 """

@@ -1,6 +1,6 @@
 """The latency target of a sweep: its backend, its runtime's precisions, the paired objective.
 
-    python -m studies.prune_sweep --latency-backend ov_cpu     # OpenVINO trials (NNCF int8 ONNX)
+    python -m studies.prune_sweep --latency-backend ov_cpu     # OpenVINO trials (NNCF int8 IR)
     python -m studies.prune_sweep --latency-backend ort_cpu --round-to 16
 
 * ``--latency-backend`` ``ort_cpu | ov_cpu | torch_cuda | ort_cuda`` (`compress.runners`);

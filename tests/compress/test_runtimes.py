@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
@@ -41,7 +40,8 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, blob_data: Path) -> Path:
     [
         ("ort", "fp32", "model.onnx", "cpu", ("ort_cpu", "torch_cpu")),
         ("ort", "bf16", "checkpoint.pt", "cpu", ("ort_cpu", "torch_cpu")),
-        ("openvino", "int8", "model.onnx", "cpu", ("ov_cpu", "torch_cpu")),
+        ("openvino", "int8", "model.xml", "cpu", ("ov_cpu", "torch_cpu")),
+        ("openvino", "fp16", "model.onnx", "cpu", ("ov_cpu", "torch_cpu")),
         ("openvino", "bf16", "model.onnx", "cuda", ("ov_cpu", "torch_cpu", "torch_cuda")),
         ("torch", "fp16", "checkpoint.pt", "cuda", ("torch_cpu", "torch_cuda")),
     ],
@@ -73,11 +73,17 @@ def test_recipe_label_names_the_runtime() -> None:
 
 @needs_ov
 @pytest.mark.slow
-@pytest.mark.parametrize("max_drop", [0.0, 0.05])  # fp32 parity: test_openvino.py
+@pytest.mark.parametrize(  # fp32 parity: test_openvino.py
+    ("precision", "max_drop", "files"),
+    [
+        ("int8", 0.0, ["model.bin", "model.xml"]),  # NNCF's IR
+        ("int8", 0.05, ["model.bin", "model.xml"]),
+        ("fp16", 0.0, ["model.onnx"]),  # float precisions: the ONNX OpenVINO reads
+    ],
+)
 def test_openvino_recipe_end_to_end(
-    tmp_path: Path, baseline: Path, blob_data: Path, max_drop: float
+    tmp_path: Path, baseline: Path, blob_data: Path, precision: str, max_drop: float, files: list
 ) -> None:
-    precision = "int8"
     recipe = Recipe(
         prune="structured",
         ratio=0.25,
@@ -87,20 +93,21 @@ def test_openvino_recipe_end_to_end(
         int8_max_drop=max_drop,
     )
     result = compress_checkpoint(baseline, blob_data, recipe, tmp_path, threads=1)
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["checkpoint.pt", "metrics.json", "model.onnx", "recipe.json"]
-    assert result["artifact"] == "model.onnx"
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(["checkpoint.pt", "metrics.json", "recipe.json", *files])
+    assert result["artifact"] == files[-1]
     c = result["compressed"]
-    artifact = tmp_path / "model.onnx"
-    assert c["size_bytes"] == artifact.stat().st_size
+    artifact = tmp_path / files[-1]
+    assert c["size_bytes"] == sum((tmp_path / name).stat().st_size for name in files)
     assert set(c["latency_ms"]) == {"ov_cpu", "torch_cpu"}
     # paired against the baseline's fp32 call on the same backend, ratios stored flat too
     assert set(c["paired"]) == {"ov_cpu", "torch_cpu"}
     assert c["speedup_ov_cpu"] == c["paired"]["ov_cpu"]["speedup"] > 0
     assert c["paired"]["ov_cpu"]["rounds"] == 20
-    assert c["ov_inference_precision"] == "f32"  # int8 QDQ, non-quantized ops in f32
-    ops = {node.op_type for node in onnx.load(str(artifact)).graph.node}
-    assert ("QuantizeLinear" in ops and "DequantizeLinear" in ops) == (precision == "int8")
+    assert c["ov_inference_precision"] == "f32"  # int8: non-quantized ops in f32; fp16 storage
+    if precision == "int8":
+        text = artifact.read_text(encoding="utf-8")
+        assert "FakeQuantize" in text or "FakeConvert" in text
     # the stored val Dice is the one of the deployed artifact, reproducible from it
     from unet import load_checkpoint
     from unet.evaluate import evaluate_model

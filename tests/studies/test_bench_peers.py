@@ -149,7 +149,7 @@ def test_peers_nncf_row_is_timed_on_openvino_against_the_ort_reference(
     ]
     row = rows["nncf_ov_int8"]
     assert row["backend"] == "ov_cpu" and rows["ours"]["backend"] == "ort_cpu"
-    assert (tmp_path / "peers" / "nncf_ov_int8" / "model.onnx").is_file()
+    assert (tmp_path / "peers" / "nncf_ov_int8" / "model.xml").is_file()
     assert Recipe.from_dict(row["recipe"]).runtime == "openvino"
     assert 0 < row["speedup"]["q25"] <= row["speedup"]["median"] <= row["speedup"]["q75"]
     assert row["val_paired"]["n_subjects"] == bench["val_subjects"]
