@@ -14,7 +14,7 @@
 The ``ort`` row is what `compress.pipeline` always did; the others follow `compress.openvino`
 and `compress.cast`. OpenVINO's float artifacts are ONNX because an IR stores its graph as
 ~170 KB of XML whatever the weights; its int8 artifact stays an IR because OpenVINO runs NNCF's
-QDQ ONNX of the same quantization less accurately (2.6 points of val Dice on the default
+QDQ ONNX of the same quantization less accurately (3.8 points of val Dice on the default
 baseline, README "Twelfth measurement session"; `studies.bench_ovformat` measures both). The
 ``model.xml`` float artifacts of older studies still load and run (`artifact_forward`).
 Latency is timed on the artifact's own runtime (``ort_cpu``, ``ov_cpu``, ``torch_cuda`` on a

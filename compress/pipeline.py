@@ -29,8 +29,8 @@ The test split is never read here. Writes into ``--out``:
 
 With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the
 ``model.onnx`` OpenVINO reads (bf16 is OpenVINO's bf16 inference on the fp32 ONNX), or for int8
-NNCF's IR ``model.xml`` + ``model.bin`` (`compress.deploy`); with ``runtime="torch"`` it is ``checkpoint.pt``. The compressed
-M also holds ``paired`` and ``speedup_<backend>``: the speed-up vs the baseline measured in
+NNCF's IR ``model.xml`` + ``model.bin`` (`compress.deploy`); with ``runtime="torch"`` it is
+``checkpoint.pt``. The compressed M also holds ``paired`` and ``speedup_<backend>``: the speed-up vs the baseline measured in
 alternating rounds on the same backend (`compress.timing.paired_latency`).
 
 ``size_bytes`` is the size of the deployable artifact (``model.onnx``; ``checkpoint.pt`` for bf16);
