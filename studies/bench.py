@@ -36,7 +36,7 @@ from compress.apply import ratios
 from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.recipe import Recipe
 from studies import bench_macs, bench_ovformat, bench_recovery
-from studies.bench_args import add_baseline_arguments, add_run_arguments
+from studies.bench_args import add_baseline_arguments, add_run_arguments, write_and_print
 from studies.bench_peers import ROWS
 from unet import zoo
 from unet.checkpoint import CheckpointError, load_checkpoint
@@ -272,7 +272,6 @@ def _peers_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 def _ceiling_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from compress.openvino import unavailable_reason
     from studies.ceiling import PRECISIONS, RUNTIME_BACKENDS, ceiling, ceiling_table
-    from studies.machine import machine_info, machine_markdown
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -298,11 +297,7 @@ def _ceiling_command(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         threads=args.threads,
         runs=args.runs,
     )
-    result["machine"] = machine_info(args.threads)
-    write_text_atomic(args.out, json.dumps(result, indent=2))
-    print(ceiling_table(result))
-    print(machine_markdown(result["machine"]))
-    return 0
+    return write_and_print(args.out, result, ceiling_table, args.threads)
 
 
 if __name__ == "__main__":

@@ -127,13 +127,10 @@ def add_parser(sub: Any) -> None:
 
 def command(parser: Any, args: Any) -> int:
     """Validate the flags (one ``error:`` line each), run, write JSON, print the table."""
-    import json
-
     from compress.measure import MIN_RUNS
     from compress.openvino import unavailable_reason
     from compress.simd import default_round_to
-    from studies.machine import machine_info, machine_markdown
-    from unet.io import write_text_atomic
+    from studies.bench_args import write_and_print
 
     models = model_specs(parser, args.models)
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
@@ -157,8 +154,4 @@ def command(parser: Any, args: Any) -> int:
         models=models, ratio=args.ratio, round_to=list(dict.fromkeys(widths)),
         runtimes=runtimes, side=args.side, threads=args.threads, rounds=args.rounds,
     )  # fmt: skip
-    result["machine"] = machine_info(args.threads)
-    write_text_atomic(args.out, json.dumps(result, indent=2))
-    print(macs_table(result))
-    print(machine_markdown(result["machine"]))
-    return 0
+    return write_and_print(args.out, result, macs_table, args.threads)

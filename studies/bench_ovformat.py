@@ -161,12 +161,9 @@ def add_parser(sub: Any) -> None:
 
 def command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Validate the flags (one ``error:`` line each), run, write JSON, print the table."""
-    import json
-
     from compress.measure import MIN_RUNS
     from compress.openvino import unavailable_reason
-    from studies.machine import machine_info, machine_markdown
-    from unet.io import write_text_atomic
+    from studies.bench_args import write_and_print
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if not precisions or (bad := [p for p in precisions if p not in PRECISIONS]):
@@ -185,8 +182,4 @@ def command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         calibration_samples=args.calibration_samples, threads=args.threads, rounds=args.rounds,
         seed=args.seed,
     )  # fmt: skip
-    result["machine"] = machine_info(args.threads)
-    write_text_atomic(args.out, json.dumps(result, indent=2))
-    print(ovformat_table(result))
-    print(machine_markdown(result["machine"]))
-    return 0
+    return write_and_print(args.out, result, ovformat_table, args.threads)
