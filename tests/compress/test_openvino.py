@@ -108,6 +108,34 @@ def _quantized(path: Path) -> bool:
 
 
 @needs_ov
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_ir_holds_no_shape_arithmetic(tmp_path: Path, precision: str) -> None:
+    """IRs come through ``ov.convert_model``: the per-bias ShapeOf -> Concat -> Reshape chains of
+    ``Core.read_model`` are folded, which is most of an IR's XML (README, thirteenth session)."""
+    torch.manual_seed(0)
+    model = zoo.create("unet2d-small").eval()
+    for module in model.modules():  # non-zero biases after BN folding, as in a trained model
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(module.bias, std=0.1)
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    if precision == "int8":
+        xml = cov.quantize_nncf(onnx_path, tmp_path / "q.xml", _inputs(4, (32, 32)))
+    else:
+        xml = cov.onnx_to_ir(onnx_path, tmp_path / "q.xml")
+    text = xml.read_text(encoding="utf-8")
+    assert 'type="ShapeOf"' not in text and 'type="Reshape"' not in text
+    assert text.count('type="Convolution"') == 15  # every convolution is still there
+    # bytes; through read_model: 106 KB (fp32) and 167 KB (int8)
+    assert len(text) < {"fp32": 60_000, "int8": 120_000}[precision]
+    x = _inputs(1, (48, 32), seed=3)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    actual = cov.ov_forward(cov.compile_ir(xml, precision))(x)
+    tolerance = 1e-4 if precision == "fp32" else 0.1 * np.abs(expected).mean()
+    assert np.abs(actual - expected).mean() <= tolerance
+
+
+@needs_ov
 def test_int8_onnx_is_smaller_than_the_ir_of_the_same_quantization(tmp_path: Path) -> None:
     """The reason OpenVINO's artifact is ONNX: an IR's XML graph outweighs a small int8 U-Net."""
     torch.manual_seed(0)
