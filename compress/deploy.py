@@ -13,7 +13,7 @@
 
 The ``ort`` row is what `compress.pipeline` always did; the others follow `compress.openvino`
 and `compress.cast`. OpenVINO's float artifacts are ONNX because an IR stores its graph as
-~170 KB of XML whatever the weights; its int8 artifact stays an IR because OpenVINO runs NNCF's
+~50 KB of XML whatever the weights (int8: ~110 KB); its int8 artifact stays an IR because OpenVINO runs NNCF's
 QDQ ONNX of the same quantization less accurately (3.8 points of val Dice on the default
 baseline, README "Twelfth measurement session"; `studies.bench_ovformat` measures both). The
 ``model.xml`` float artifacts of older studies still load and run (`artifact_forward`).

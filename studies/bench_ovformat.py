@@ -12,7 +12,7 @@ ratio with quartiles, at the model's measurement input, batch 1), the largest lo
 difference between the two on val inputs, and the val Dice of each in OpenVINO (probability
 0.5, no post-processing) with the paired delta ONNX - IR over val subjects and its 95%
 bootstrap CI (`unet.stats.paired_comparison`). This is why ``--runtime openvino`` ships ONNX
-for float precisions (an IR's XML graph costs ~170 KB whatever the weights) and an IR for int8
+for float precisions (an IR's XML graph costs ~50 KB whatever the weights) and an IR for int8
 (README, "Twelfth measurement session").
 """
 

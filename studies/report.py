@@ -223,8 +223,10 @@ def add_paired_columns(
 ) -> None:
     """Paired test comparison of every Pareto row with the baseline row (``rows[0]``), in place:
     ``test_dice_delta`` (+ ``_lo``/``_hi``: the 95% bootstrap CI) for the mean and per region
-    (``test_dice_delta_WT``, ...) and ``non_inferior`` (`unet.stats.paired_comparison`). The
-    per-subject test results are dropped from the rows afterwards."""
+    (``test_dice_delta_WT``, ...), ``non_inferior`` (`unet.stats.paired_comparison`) and per
+    region the subject of the largest loss (``test_largest_loss_WT``: ``"phantom_014 1.00 ->
+    0.00"``, baseline -> model; empty if none). The per-subject test results are dropped from
+    the rows afterwards."""
     base = rows[0]
     reference = base.pop(PER_SUBJECT)
     base.update(margin=margin, region_margin=region_margin, n_test_subjects=len(reference))
@@ -237,6 +239,7 @@ def add_paired_columns(
             lo, hi = cmp.ci95[key]
             row.update({name: cmp.dice_delta[key], f"{name}_lo": lo, f"{name}_hi": hi})
         row["non_inferior"] = cmp.non_inferior
+        row.update({f"test_largest_loss_{r}": cmp.worst_subject(r) for r in REGIONS})
 
 
 def report_markdown(
@@ -268,7 +271,9 @@ small-component removal (both chosen on val; Dice and HD95 per subject volume) a
 {rows[0].get("n_test_subjects", "?")} test subjects: *test delta* is the mean over subjects of
 (model - baseline) Dice with its 95% bootstrap CI; *non-inferior* means the mean's CI lower bound
 is above -{rows[0].get("margin", 0.01):g} and every region's (WT, TC, ET) above
--{rows[0].get("region_margin", 0.03):g} (*worst region lo*: the lowest region lower bound).
+-{rows[0].get("region_margin", 0.03):g} (*worst region lo*: the lowest region lower bound, with
+the subject whose Dice in that region fell most, baseline -> model: on 25 subjects one region
+that is empty in the truth and marked by a few voxels, Dice 1 -> 0, can decide the verdict).
 The baseline row is the trained model as dense fp32 ONNX with its thresholds (per region) and
 component removal searched on val, exactly like every trial's (as trained, with its stored threshold: val mean Dice
 {as_trained}).

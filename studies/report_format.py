@@ -26,6 +26,8 @@ PAIRED_COLUMNS = (
     "test_dice_delta_hi",
     *(f"test_dice_delta_{r}{end}" for r in REGIONS for end in ("", "_lo", "_hi")),
     "non_inferior",
+    # per region: "subject reference -> candidate" Dice of its largest loss (unet.stats)
+    *(f"test_largest_loss_{r}" for r in REGIONS),
 )
 COLUMNS = (
     "trial",
@@ -129,10 +131,11 @@ def paired_cells(row: dict[str, Any]) -> str:
     if row.get("non_inferior") is None:
         return "reference | - | -"
     worst = min(REGIONS, key=lambda r: row[f"test_dice_delta_{r}_lo"])
+    loss = row.get(f"test_largest_loss_{worst}")
     return (
         f"{row['test_dice_delta']:+.4f} [{row['test_dice_delta_lo']:+.4f}, "
         f"{row['test_dice_delta_hi']:+.4f}] | {worst} {row[f'test_dice_delta_{worst}_lo']:+.4f} "
-        f"| {'yes' if row['non_inferior'] else 'no'}"
+        f"{f'({loss}) ' if loss else ''}| {'yes' if row['non_inferior'] else 'no'}"
     )
 
 

@@ -109,8 +109,14 @@ def test_paired_columns_judge_every_region(make_metrics: Any) -> None:
     assert rows[2]["test_dice_delta_WT_hi"] < -0.09
     for r in rows[1:]:
         assert r["test_dice_delta_lo"] <= r["test_dice_delta"] <= r["test_dice_delta_hi"]
+    # the subject behind the worst region is named, baseline -> model; no loss, no name
+    subject, ref_dice, arrow, model_dice = rows[2]["test_largest_loss_WT"].split()
+    assert arrow == "->" and float(model_dice) == pytest.approx(float(ref_dice) - 0.1, abs=0.006)
+    assert ref_dice == f"{ref[int(subject[1:]), 0]:.2f}"
+    assert rows[2]["test_largest_loss_TC"] == rows[2]["test_largest_loss_ET"] == ""
     table = markdown_table(rows)
-    assert "| reference | - | - |" in table and "| WT -0.1" in table
+    assert "| reference | - | - |" in table
+    assert f"({rows[2]['test_largest_loss_WT']}) | no |" in table
     parsed = list(csv.DictReader(io.StringIO(rows_csv(rows))))
     assert parsed[2]["non_inferior"] == "False" and parsed[0]["non_inferior"] == ""
     assert float(parsed[2]["test_dice_delta_WT_lo"]) < -0.1 + 0.01

@@ -148,3 +148,26 @@ def test_to_dict_has_the_metrics_json_shape() -> None:
     assert d["n_subjects"] == 12 and d["resamples"] == 2000
     assert isinstance(d["non_inferior"], bool)
     assert d["dice_delta"]["mean"] == pytest.approx(-0.01)
+
+
+def test_largest_loss_names_the_subject_that_flips_an_empty_region() -> None:
+    """One ET flip (1 -> 0: a few voxels marked where there is no ET) among 25 subjects decides
+    the verdict; the comparison names that subject and both Dice values."""
+    ref = np.random.default_rng(7).uniform(0.85, 0.95, (25, 3))
+    ref[14, 2] = 1.0  # neither side marks ET
+    cand = ref + 0.002
+    cand[14, 2] = 0.0
+    cand[3, 0] -= 0.01  # a small WT loss elsewhere
+    cmp = paired_comparison(rows(cand), rows(ref))
+    assert not cmp.non_inferior and cmp.ci95["ET"][0] < -0.03
+    assert cmp.largest_loss["ET"] == ("s014", 0.0, 1.0)
+    assert cmp.largest_loss["WT"][0] == "s003"
+    assert "TC" not in cmp.largest_loss  # no subject lost TC
+    assert cmp.worst_subject("ET") == "s014 1.00 -> 0.00" and cmp.worst_subject("TC") == ""
+    assert "ET s014 1.00 -> 0.00" in cmp.summary()
+    assert cmp.to_dict()["largest_loss"]["ET"] == {
+        "subject": "s014",
+        "candidate": 0.0,
+        "reference": 1.0,
+    }
+    assert "largest_loss" not in paired_comparison(rows(ref), rows(ref)).to_dict()
