@@ -13,9 +13,10 @@
 
 The ``ort`` row is what `compress.pipeline` always did; the others follow `compress.openvino`
 and `compress.cast`. OpenVINO's float artifacts are ONNX because an IR stores its graph as
-~50 KB of XML whatever the weights (int8: ~110 KB); its int8 artifact stays an IR because OpenVINO runs NNCF's
-QDQ ONNX of the same quantization less accurately (3.8 points of val Dice on the default
-baseline, README "Twelfth measurement session"; `studies.bench_ovformat` measures both). The
+~50 KB of XML whatever the weights (int8: ~110 KB); its int8 artifact stays an IR because
+OpenVINO runs NNCF's QDQ ONNX of the same quantization less accurately (3.8 points of val Dice
+on the Zen 5 session's baseline, 0.5 on the AVX2 one; README, "Twelfth" and "Thirteenth
+measurement session"; `studies.bench_ovformat` measures both). The
 ``model.xml`` float artifacts of older studies still load and run (`artifact_forward`).
 Latency is timed on the artifact's own runtime (``ort_cpu``, ``ov_cpu``, ``torch_cuda`` on a
 GPU...) and on eager PyTorch on the CPU for reference.

@@ -10,11 +10,12 @@
 
 OpenVINO reads the project's ONNX export (`compress.export.export_onnx`) directly, and its own
 IR (``model.xml`` + ``model.bin`` beside it). The float artifacts of ``--runtime openvino`` are
-ONNX (an IR stores its graph as ~50 KB of XML whatever the weights, int8 ~110 KB); the int8 one is NNCF's IR,
-because OpenVINO runs NNCF's QDQ ONNX of the same quantization as fast but less accurately
-(`compress.deploy`; README, "Twelfth measurement session"). Every compile states its settings
-(`compile_config`): ``INFERENCE_PRECISION_HINT`` (``f32`` or ``bf16``), ``INFERENCE_NUM_THREADS``,
-``NUM_STREAMS`` 1 and ``PERFORMANCE_HINT`` LATENCY, for batch-1 latency. The precision hint is
+ONNX (an IR stores its graph as ~50 KB of XML whatever the weights, int8 ~110 KB); the int8 one
+is NNCF's IR, because OpenVINO runs NNCF's QDQ ONNX of the same quantization as fast but less
+accurately (`compress.deploy`; README, "Twelfth measurement session"). Every compile states
+its settings (`compile_config`): ``INFERENCE_PRECISION_HINT`` (``f32`` or ``bf16``),
+``INFERENCE_NUM_THREADS``, ``NUM_STREAMS`` 1 and ``PERFORMANCE_HINT`` LATENCY, for batch-1
+latency. The precision hint is
 never left to OpenVINO: on a CPU with bf16 units its default is bf16, which moves logits by
 ~1e-3 (FACTS.md). A recipe's precision maps to a model file and a hint (`PRECISIONS`):
 
