@@ -16,7 +16,8 @@ accurately (`compress.deploy`; README, "Twelfth measurement session"). Every com
 its settings (`compile_config`): ``INFERENCE_PRECISION_HINT`` (``f32`` or ``bf16``),
 ``INFERENCE_NUM_THREADS``, ``NUM_STREAMS`` 1 and ``PERFORMANCE_HINT`` LATENCY, for batch-1
 latency. The precision hint is never left to OpenVINO: on a CPU with bf16 units its default is
-bf16, which moves logits by ~1e-3 (FACTS.md). A recipe's precision maps to a model file and a hint (`PRECISIONS`):
+bf16, which moves logits by ~1e-3 (FACTS.md). A recipe's precision maps to a model file and a
+hint (`PRECISIONS`):
 
 * ``fp32``: fp32 weights, f32 inference;
 * ``bf16``: the fp32 model compiled with the bf16 hint (a precision of its own, with its own Dice);

@@ -115,7 +115,7 @@ def test_paired_columns_judge_every_region(make_metrics: Any) -> None:
     assert ref_dice == f"{ref[int(subject[1:]), 0]:.2f}"
     assert rows[2]["test_largest_loss_TC"] == rows[2]["test_largest_loss_ET"] == ""
     table = markdown_table(rows)
-    assert "| reference | - | - |" in table
+    assert "| reference | - | - |" in table and "| WT -0.1" in table
     assert f"({rows[2]['test_largest_loss_WT']}) | no |" in table
     parsed = list(csv.DictReader(io.StringIO(rows_csv(rows))))
     assert parsed[2]["non_inferior"] == "False" and parsed[0]["non_inferior"] == ""
