@@ -127,15 +127,11 @@ def format_table(result: dict[str, Any]) -> str:
             "",
         )
     )
-    if any(c.get("min_component", {}).values()) or any(b.get("min_component", {}).values()):
-        rows.append(
-            (
-                "min comp. WT/TC/ET",
-                "/".join(str(b.get("min_component", {}).get(k, 0)) for k in ("WT", "TC", "ET")),
-                "/".join(str(c.get("min_component", {}).get(k, 0)) for k in ("WT", "TC", "ET")),
-                "voxels",
-            )
-        )
+    for key, name in (("min_component", "min comp."), ("min_volume", "min volume")):
+        sizes = [m.get(key) or {} for m in (b, c)]
+        if any(v for d in sizes for v in d.values()):
+            cells = ["/".join(str(d.get(k, 0)) for k in ("WT", "TC", "ET")) for d in sizes]
+            rows.append((f"{name} WT/TC/ET", *cells, "voxels"))
     lines = [
         f"recipe: {result['recipe_label']}",
         f"{'':<20}{'baseline':>20}{'compressed':>20}  ratio / delta",
@@ -254,8 +250,8 @@ def _parser() -> argparse.ArgumentParser:
         "--components",
         choices=COMPONENT_MODES,
         default=d.components,
-        help="small-component removal: keep all voxels, or search per-region minimum component "
-        "sizes (voxels) on val (unet.components)",
+        help="post-processing: keep all voxels, or search per-region minimum component sizes "
+        "and minimum region volumes (voxels) on val (unet.components)",
     )
     p.add_argument(
         "--selection",

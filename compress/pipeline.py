@@ -11,8 +11,9 @@ The command line is `compress.apply`:
 
 or ``--recipe recipe.json``. Steps: prune -> fine-tune (training split; with the recipe's
 recovery methods, `compress.recovery`) -> export + cast (int8 calibrated on training-split
-inputs) -> threshold search (validation split) -> small-component removal (sizes searched on
-the validation split with ``components="search"``, `compress.components`) -> measure.
+inputs) -> threshold search (validation split) -> post-processing (small-component removal and
+the region-presence rule, sizes searched on the validation split with ``components="search"``,
+`compress.components`) -> measure.
 The test split is never read here. Writes into ``--out``:
 
 * ``model.onnx``: the deployable ONNX model (fp32 / fp16 / int8 QDQ; for ``bf16`` the fp32 ONNX,
@@ -22,8 +23,8 @@ The test split is never read here. Writes into ``--out``:
 * ``recipe.json`` and ``metrics.json`` = ``{"baseline": M, "compressed": M, ...}`` where each M has
   ``params``, ``macs``, ``size_bytes``, ``size_compressed_bytes``, ``latency_ms``
   (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold``, ``min_component``
-  (voxels per region, 0 = keep all), ``val_dice`` and ``val_per_subject`` (Dice per val subject
-  at that threshold and component removal), and ``paired_val``: the paired
+  and ``min_volume`` (voxels per region, 0 = keep all; `unet.components`), ``val_dice`` and
+  ``val_per_subject`` (Dice per val subject at that threshold and post-processing), and ``paired_val``: the paired
   comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
   Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
 
@@ -66,7 +67,7 @@ from compress.runners import reference_calls
 from compress.teacher_cache import TeacherCache
 from compress.threshold import search_thresholds
 from unet.checkpoint import load_checkpoint, save_checkpoint
-from unet.components import as_min_components
+from unet.components import as_min_components, as_min_volumes
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import sample_inputs, sample_pairs
 from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabilities
@@ -90,8 +91,9 @@ def measure_spatial(model: UNet, data: CanonicalDataset, meta: dict[str, Any]) -
 
 @dataclass(frozen=True)
 class ValResult:
-    """Validation outcome of one model: threshold(s), minimum component sizes, mean Dice,
-    per-subject Dice rows, and the two searches (None where not searched)."""
+    """Validation outcome of one model: threshold(s), post-processing (minimum component sizes
+    and region volumes), mean Dice, per-subject Dice rows, and the two searches (None where not
+    searched)."""
 
     threshold: dict[str, float]
     min_component: dict[str, int]
@@ -99,6 +101,7 @@ class ValResult:
     per_subject: list[dict[str, Any]]
     search: dict[str, Any] | None
     component_search: dict[str, Any] | None = None
+    min_volume: dict[str, int] | None = None
 
 
 def validate(
@@ -113,13 +116,15 @@ def validate(
     fixed_components: dict[str, int] | None = None,
     rule: str = "best",
     anchor: dict[str, Any] | None = None,
+    fixed_volumes: dict[str, int] | None = None,
 ) -> ValResult:
     """Predict the val split; threshold(s) searched (``mode`` global / per-region) or ``fixed``;
-    then the minimum component sizes searched (``components="search"``,
-    `compress.components`) or kept (``fixed_components``, None = remove nothing); per-subject
-    Dice at the chosen threshold(s) and sizes, for paired comparisons. ``rule="one-se"``: both
-    searches keep ``anchor``'s ``threshold`` / ``min_component`` (the reference's M) unless val
-    shows a gain beyond one standard error (`unet.selection`)."""
+    then the post-processing (minimum component sizes and region volumes) searched
+    (``components="search"``, `compress.components`) or kept (``fixed_components``,
+    ``fixed_volumes``; None = remove nothing); per-subject Dice at the chosen threshold(s) and
+    post-processing, for paired comparisons. ``rule="one-se"``: the searches keep ``anchor``'s
+    ``threshold`` / ``min_component`` / ``min_volume`` (the reference's M) unless val shows a
+    gain beyond one standard error (`unet.selection`)."""
     anchor = anchor or {}
     cfg = model.config
     items = collect_probabilities(
@@ -135,12 +140,16 @@ def validate(
     if components == "search":
         sized = search_min_components(
             items, threshold, caps=size_caps(data, "train"), rule=rule,
-            anchor=anchor.get("min_component"),
+            anchor=anchor.get("min_component"), volume_anchor=anchor.get("min_volume"),
         )  # fmt: skip
         min_component, component_search = sized.min_component, sized.to_dict()
+        min_volume = sized.min_volume
     else:
         min_component = as_min_components(fixed_components)
-    evaluated = evaluate_probabilities(items, threshold, hd95=False, min_component=min_component)
+        min_volume = as_min_volumes(fixed_volumes)
+    evaluated = evaluate_probabilities(
+        items, threshold, hd95=False, min_component=min_component, min_volume=min_volume
+    )
     per_subject = [{"subject": r["subject"], "dice": r["dice"]} for r in evaluated["per_subject"]]
     return ValResult(
         threshold,
@@ -149,6 +158,7 @@ def validate(
         per_subject,
         search,
         component_search,
+        min_volume,
     )
 
 
@@ -207,12 +217,14 @@ def measure_baseline(
             meta.get("threshold"),
             meta.get("patch_size"),
             fixed_components=meta.get("min_component"),
+            fixed_volumes=meta.get("min_volume"),
         )
         m = _metrics(model, spatial, onnx_path, onnx_path, threads, latency_runs, device)
     return {
         **m,
         "threshold": val.threshold,
         "min_component": val.min_component,
+        "min_volume": val.min_volume,
         "val_dice": val.val_dice,
         "val_per_subject": val.per_subject,
     }
@@ -338,6 +350,7 @@ def compress_checkpoint(
         fixed_components=meta.get("min_component"),
         rule=recipe.selection,
         anchor=baseline_metrics,
+        fixed_volumes=meta.get("min_volume"),
     )
     threshold, val = val_result.threshold, val_result.val_dice
 
@@ -346,10 +359,11 @@ def compress_checkpoint(
         **{
             k: v
             for k, v in meta.items()
-            if k not in ("metrics", "recipe", "threshold", "min_component")
+            if k not in ("metrics", "recipe", "threshold", "min_component", "min_volume")
         },
         "threshold": threshold,
         "min_component": val_result.min_component,
+        "min_volume": val_result.min_volume,
         "recipe": recipe.to_dict(),
         "baseline": str(baseline),
         "data_fingerprint": data.fingerprint,
@@ -381,6 +395,7 @@ def compress_checkpoint(
     compressed.update(
         threshold=threshold,
         min_component=val_result.min_component,
+        min_volume=val_result.min_volume,
         val_dice=val,
         val_per_subject=val_result.per_subject,
         torch_dtype=str(next(model.parameters()).dtype),
@@ -404,6 +419,7 @@ def compress_checkpoint(
             k: v for k, v in (val_result.search or {}).items() if k in ("rule", "anchor", "best")
         },
         "component_curve": (val_result.component_search or {}).get("curve"),
+        "volume_curve": (val_result.component_search or {}).get("volume_curve"),
         "paired_val": paired_val(compressed, baseline_metrics),
         "data_fingerprint": data.fingerprint,
     }

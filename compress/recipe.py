@@ -25,7 +25,7 @@ PRUNE_METHODS = ("none", "unstructured", "structured", "pairs")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 THRESHOLD_MODES = ("fixed", "global", "per-region")
-COMPONENT_MODES = ("keep", "search")  # small-component removal after the threshold
+COMPONENT_MODES = ("keep", "search")  # post-processing after the threshold (unet.components)
 SELECTION_RULES = RULES  # how the val searches choose (unet.selection)
 RUNTIMES = ("ort", "openvino", "torch")  # where the artifact is deployed (compress.runners)
 # Bounds of the recovery fields (inclusive unless said otherwise in `Recipe.validate`).
@@ -57,7 +57,8 @@ class Recipe:
       ``calibration``: int8 calibration method, on ``calibration_samples`` training inputs.
     * ``threshold``: ``fixed`` (keep the baseline's) | ``global`` | ``per-region`` search on val.
     * ``components``: ``keep`` every predicted voxel | ``search`` on val, per region, a minimum
-      connected-component size (voxels) below which components are removed (`unet.components`).
+      connected-component size (voxels) below which components are removed, then a minimum
+      region volume below which the region is emptied (`unet.components`).
     * ``selection``: how those val searches choose: ``best`` (the val argmax) | ``one-se`` (the
       reference's thresholds and sizes unless val shows a gain beyond one standard error over
       subjects; `unet.selection`).
@@ -180,9 +181,8 @@ class Recipe:
     def label(self) -> str:
         """Short human-readable name, e.g. ``structured0.50+ft200+int8(minmax)+per-region``,
         ``reg200(0.001)+structured0.50/r8+gradual4+ft200+kd1(T2)+fp32+global+cc`` (``+cc``: small
-        components removed, sizes searched on val; ``+1se``: the one-standard-error selection;
-        ``@openvino`` /
-        ``@torch`` appended for those runtimes)."""
+        components removed and absent regions emptied, sizes searched on val; ``+1se``: the
+        one-standard-error selection; ``@openvino`` / ``@torch`` appended for those runtimes)."""
         parts = []
         if self.regularize_steps:
             parts.append(f"reg{self.regularize_steps}({self.regularize_strength:g})")

@@ -54,7 +54,7 @@ NAMES = {
     "e": "all three",
 }
 # the sweep's reference (studies.sweep_spec.BASELINE_RECIPE): dense fp32, per-region thresholds
-# and small-component removal, both chosen on val
+# and post-processing (component removal, presence rule), all chosen on val
 REFERENCE = BASELINE_RECIPE
 
 
@@ -101,7 +101,7 @@ def held_out_scores(
     run_dir: Path, data: CanonicalDataset, m: dict[str, Any], threads: int
 ) -> list[dict[str, Any]]:
     """Per-subject test Dice of the ONNX model in ``run_dir`` with the threshold(s) and
-    component removal of its M ``m`` (both chosen on val)."""
+    post-processing of its M ``m`` (all chosen on val)."""
     payload = read_checkpoint(run_dir / "checkpoint.pt")
     config = UNetConfig.from_dict(payload["config"])
     forward = ort_forward(ort_session(run_dir / "model.onnx", threads=threads))
@@ -112,6 +112,7 @@ def held_out_scores(
         m["threshold"],
         hd95=False,
         min_component=m.get("min_component"),
+        min_volume=m.get("min_volume"),
         spatial_dims=config.spatial_dims,
         divisor=config.divisor,
         patch_size=payload["meta"].get("patch_size"),

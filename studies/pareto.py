@@ -142,6 +142,12 @@ class TrialModel:
         return dict(sizes) if sizes is not None else None
 
     @property
+    def min_volume(self) -> dict[str, int] | None:
+        """Minimum region volumes (voxels, the presence rule) chosen on val; None: none."""
+        volumes = self.metrics.get("min_volume")
+        return dict(volumes) if volumes is not None else None
+
+    @property
     def val_dice(self) -> dict[str, float]:
         return dict(self.metrics["val_dice"])
 

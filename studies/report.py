@@ -99,6 +99,8 @@ def _row(
     row.update({f"threshold_{r}": float(m["threshold"][r]) for r in REGIONS})
     sizes = m.get("min_component") or {}
     row.update({f"min_component_{r}": int(sizes.get(r, 0)) for r in REGIONS})
+    volumes = m.get("min_volume") or {}
+    row.update({f"min_volume_{r}": int(volumes.get(r, 0)) for r in REGIONS})
     row.update({f"val_dice_{r}": float(m["val_dice"][r]) for r in _R})
     row.update({f"test_dice_{r}": float(test["dice"][r]) for r in _R})
     row.update({f"test_hd95_{r}": float(test["hd95"][r]) for r in _R})
@@ -141,6 +143,7 @@ def model_row(
         model.threshold,
         patch_size=patch,
         min_component=model.min_component,
+        min_volume=model.min_volume,
     )
     row = _row(str(model.number), model.label, model.metrics, base, test["mean"])
     row[PER_SUBJECT] = test["per_subject"]
@@ -267,7 +270,7 @@ def report_markdown(
 The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: {dice_objective_name(info)},
 deployable size, {name} latency at batch 1; {feasible_rule(info)}). Each
 model was then evaluated once on the **test** split with its stored threshold(s) and
-small-component removal (both chosen on val; Dice and HD95 per subject volume) and compared **paired** with the baseline over the same
+post-processing (small-component removal and region-presence rule; all chosen on val; Dice and HD95 per subject volume) and compared **paired** with the baseline over the same
 {rows[0].get("n_test_subjects", "?")} test subjects: *test delta* is the mean over subjects of
 (model - baseline) Dice with its 95% bootstrap CI; *non-inferior* means the mean's CI lower bound
 is above -{rows[0].get("margin", 0.01):g} and every region's (WT, TC, ET) above
@@ -275,7 +278,7 @@ is above -{rows[0].get("margin", 0.01):g} and every region's (WT, TC, ET) above
 the subject whose Dice in that region fell most, baseline -> model: on 25 subjects one region
 that is empty in the truth and marked by a few voxels, Dice 1 -> 0, can decide the verdict).
 The baseline row is the trained model as dense fp32 ONNX with its thresholds (per region) and
-component removal searched on val, exactly like every trial's (as trained, with its stored threshold: val mean Dice
+post-processing searched on val, exactly like every trial's (as trained, with its stored threshold: val mean Dice
 {as_trained}).
 
 {markdown_table(rows, backend)}

@@ -49,6 +49,7 @@ COLUMNS = (
     "speedup_torch",
     *(f"threshold_{r}" for r in REGIONS),
     *(f"min_component_{r}" for r in REGIONS),
+    *(f"min_volume_{r}" for r in REGIONS),
     *(f"val_dice_{r}" for r in _R),
     *(f"test_dice_{r}" for r in _R),
     *(f"test_hd95_{r}" for r in _R),

@@ -15,9 +15,10 @@ fp16 / bf16 / int8, torch fp32 / fp16 / bf16, less fp16 on a CPU backend and bf1
 without bf16 units (`studies.sweep_latency.searched_precisions`: computed in fp32 there);
 ``calibration`` minmax / entropy / percentile for
 int8 (ORT's calibrators; NNCF uses its own min-max); ``threshold`` global / per-region.
-Every trial (and the baseline, `studies.sweep_spec.BASELINE_RECIPE`) searches its small-
-component removal on val (``components="search"``, `compress.components`): it costs no size or
-latency and only ever removes components where val Dice gains, so it is not a searched axis.
+Every trial (and the baseline, `studies.sweep_spec.BASELINE_RECIPE`) searches its post-processing
+(small-component removal and region-presence rule) on val (``components="search"``,
+`compress.components`): it costs no size or latency and only ever removes voxels where val Dice
+gains, so it is not a searched axis.
 Recovery after pruning (`compress.recovery`): ``regularize_steps`` 0 or the longest fine-tune
 with ``regularize_strength`` in `REGULARIZE_STRENGTHS` for structured / pairs (group
 regularisation before the cut, cached once per study and strength); ``prune_rounds`` in

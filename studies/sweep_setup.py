@@ -141,7 +141,7 @@ def prepare_study(
     if "baseline_metrics" not in study.user_attrs:
         if progress:
             print(
-                "measuring the baseline (thresholds and component removal searched on val) ...",
+                "measuring the baseline (thresholds and post-processing searched on val) ...",
                 file=sys.stderr,
             )
         t0 = time.perf_counter()

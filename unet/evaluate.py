@@ -7,8 +7,9 @@ prints a table and writes ``DIR/metrics.csv`` (one row per subject) and ``DIR/me
 (``{"per_subject": [...], "mean": {"dice": {"WT","TC","ET","mean"}, "hd95": {...}}}``).
 The binary threshold(s) default to the ones stored in the checkpoint (``meta["threshold"]``,
 found by ``compress.threshold`` on the validation split), else 0.5; components smaller than
-the stored ``meta["min_component"]`` sizes (`unet.components`, chosen on val) are then removed
-unless ``--keep-components`` is given.
+the stored ``meta["min_component"]`` sizes are then removed and regions whose remaining volume
+is below ``meta["min_volume"]`` emptied (`unet.components`, both chosen on val) unless
+``--keep-components`` is given.
 
 With ``--reference REF`` (a checkpoint, or the ``metrics.json`` of an earlier run on the same
 subjects) ``metrics.json`` gains a ``paired`` block (`unet.stats.paired_comparison`): the Dice
@@ -34,7 +35,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from unet.components import as_min_components, remove_small_components
+from unet.components import as_min_components, as_min_volumes, postprocess, stored_postprocessing
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError, regions_from_label
 from unet.inference import DEFAULT_PATCH_3D, Forward, predict_volume, torch_forward
 from unet.io import write_text_atomic
@@ -60,14 +61,16 @@ def binarize(
     probs: np.ndarray,
     threshold: float | dict[str, float] | None,
     min_component: Mapping[str, int] | None = None,
+    min_volume: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """Bool region maps (3, ...): ``probs > threshold`` per region (WT, TC, ET), then, with
-    ``min_component``, each region's connected components below that many voxels removed
-    (`unet.components`)."""
+    ``min_component``, each region's connected components below that many voxels removed, and
+    with ``min_volume`` each region left smaller than that many voxels emptied
+    (`unet.components.postprocess`)."""
     t = as_thresholds(threshold)
     cut = np.array([t[r] for r in REGIONS], dtype=np.float32)
     regions = probs > cut.reshape(3, *([1] * (probs.ndim - 1)))
-    return remove_small_components(regions, min_component)
+    return postprocess(regions, min_component, min_volume)
 
 
 def _subjects(data: CanonicalDataset, split_or_subjects: str | Sequence[str]) -> list[str]:
@@ -112,20 +115,22 @@ def evaluate_probabilities(
     threshold: float | dict[str, float] | None = 0.5,
     hd95: bool = True,
     min_component: Mapping[str, int] | None = None,
+    min_volume: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Binarise each volume with the threshold(s) (and ``min_component`` removal) and compute
-    per-subject and mean metrics."""
+    """Binarise each volume with the threshold(s) (and the ``min_component`` / ``min_volume``
+    post-processing) and compute per-subject and mean metrics."""
     t = as_thresholds(threshold)
-    sizes = as_min_components(min_component)
+    sizes, volumes = as_min_components(min_component), as_min_volumes(min_volume)
     per_subject = []
     for sid, probs, target in items:
-        m = region_metrics(binarize(probs, t, sizes), target, with_hd95=hd95)
+        m = region_metrics(binarize(probs, t, sizes, volumes), target, with_hd95=hd95)
         per_subject.append({"subject": sid, **m})
     return {
         "per_subject": per_subject,
         "mean": mean_metrics(per_subject),
         "threshold": t,
         "min_component": sizes,
+        "min_volume": volumes,
     }
 
 
@@ -137,6 +142,7 @@ def evaluate_model(
     hd95: bool = True,
     *,
     min_component: Mapping[str, int] | None = None,
+    min_volume: Mapping[str, int] | None = None,
     spatial_dims: int | None = None,
     divisor: int | None = None,
     patch_size: Sequence[int] | None = None,
@@ -163,7 +169,7 @@ def evaluate_model(
     items = collect_probabilities(
         forward, data, subjects, spatial_dims, divisor, patch_size, progress=progress
     )
-    result = evaluate_probabilities(items, threshold, hd95, min_component)
+    result = evaluate_probabilities(items, threshold, hd95, min_component, min_volume)
     if was_training:
         model_or_forward.train()
     return result
@@ -211,8 +217,7 @@ def reference_results(
     """Per-subject results of the ``reference`` of a paired comparison.
 
     ``reference`` is a checkpoint (evaluated here on ``subjects`` with its stored threshold(s) and
-    component removal)
-    or the ``metrics.json`` of an earlier `unet.evaluate` run (its ``per_subject`` rows are used
+    post-processing) or the ``metrics.json`` of an earlier `unet.evaluate` run (its ``per_subject`` rows are used
     as they are; `unet.stats.paired_comparison` refuses them if they cover other subjects).
     """
     from unet.checkpoint import load_checkpoint
@@ -242,7 +247,7 @@ def reference_results(
         subjects,
         meta.get("threshold"),
         hd95=hd95,
-        min_component=meta.get("min_component"),
+        **stored_postprocessing(meta),
         patch_size=meta.get("patch_size"),
         device=device,
         progress=True,
@@ -281,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-components",
         action="store_true",
-        help="skip the stored small-component removal (meta['min_component'], unet.components)",
+        help="skip the stored post-processing (meta['min_component'] and meta['min_volume'], "
+        "unet.components)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             subjects,
             threshold,
             hd95=not args.no_hd95,
-            min_component=None if args.keep_components else meta.get("min_component"),
+            **stored_postprocessing(meta, keep=args.keep_components),
             patch_size=patch,
             device=args.device,
             progress=True,

@@ -5,8 +5,9 @@
 
 ``pred.h5`` holds ``probabilities`` (float32, (3, D, H, W), WT/TC/ET), ``regions`` (uint8 0/1,
 same shape) and ``label`` (uint8 (D, H, W) BraTS values 0/1/2/4), plus the threshold used
-(the checkpoint's stored one unless ``--threshold`` is given) and the stored small-component
-removal (``meta["min_component"]``, `unet.components`; ``--keep-components`` skips it). The
+(the checkpoint's stored one unless ``--threshold`` is given) and the stored post-processing
+(``meta["min_component"]``, ``meta["min_volume"]``, `unet.components`; ``--keep-components``
+skips it). The
 overlay shows the four modalities and ground truth (if the subject is labelled) vs prediction
 on the most tumour-rich slice.
 """
@@ -21,7 +22,7 @@ import h5py
 import numpy as np
 
 from unet.checkpoint import CheckpointError, load_checkpoint
-from unet.components import as_min_components
+from unet.components import stored_postprocessing
 from unet.data.canonical import (
     CanonicalDataset,
     DataError,
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-components",
         action="store_true",
-        help="skip the stored small-component removal (meta['min_component'])",
+        help="skip the stored post-processing (meta['min_component'], meta['min_volume'])",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
@@ -73,15 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         torch_forward(model, args.device), image, cfg.spatial_dims, cfg.divisor, patch_size=patch
     )
     t = as_thresholds(args.threshold if args.threshold is not None else meta.get("threshold"))
-    sizes = as_min_components(None if args.keep_components else meta.get("min_component"))
-    regions = binarize(probs, t, sizes)
+    post = stored_postprocessing(meta, keep=args.keep_components)
+    regions = binarize(probs, t, **post)
     with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("probabilities", data=probs, compression="gzip")
         f.create_dataset("regions", data=regions.astype(np.uint8), compression="gzip")
         f.create_dataset("label", data=label_from_regions(regions), compression="gzip")
         f.attrs["subject"] = args.subject
         f.attrs["threshold"] = json.dumps(t)
-        f.attrs["min_component"] = json.dumps(sizes)
+        f.attrs["min_component"] = json.dumps(post["min_component"])
+        f.attrs["min_volume"] = json.dumps(post["min_volume"])
         f.attrs["checkpoint"] = str(args.checkpoint)
     print(f"wrote {args.out} (threshold {t})")
     if args.overlay:

@@ -15,7 +15,7 @@ from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.prune import conv_sparsity
 from compress.recipe import Recipe
 from unet import load_checkpoint, save_checkpoint, zoo
-from unet.data.canonical import CanonicalDataset
+from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.evaluate import evaluate_model
 from unet.train_loop import fit
 
@@ -172,17 +172,22 @@ def test_component_search_is_stored_and_reproducible(
     )
     model, meta = load_checkpoint(tmp_path / "checkpoint.pt")
     sizes = result["compressed"]["min_component"]
+    volumes = result["compressed"]["min_volume"]
     assert meta["min_component"] == sizes and set(sizes) == {"WT", "TC", "ET"}
-    assert set(result["component_curve"]) == {"WT", "TC", "ET"}
+    assert meta["min_volume"] == volumes and set(volumes) == {"WT", "TC", "ET"}
+    assert set(result["component_curve"]) == set(result["volume_curve"]) == {"WT", "TC", "ET"}
     kw = {"hd95": False}
-    again = evaluate_model(model, blob_data, "val", meta["threshold"], min_component=sizes, **kw)
+    post = {"min_component": sizes, "min_volume": volumes}
+    again = evaluate_model(model, blob_data, "val", meta["threshold"], **post, **kw)
     assert again["mean"]["dice"]["mean"] == pytest.approx(
         result["compressed"]["val_dice"]["mean"], abs=1e-4
     )
     kept = evaluate_model(model, blob_data, "val", meta["threshold"], **kw)
     assert again["mean"]["dice"]["mean"] >= kept["mean"]["dice"]["mean"] - 1e-9
-    for r, curve in result["component_curve"].items():
-        assert max(curve["dice"]) == pytest.approx(again["mean"]["dice"][r], abs=1e-4)
+    for r in REGIONS:  # the volume search starts where the size search ended
+        by_size, by_volume = result["component_curve"][r], result["volume_curve"][r]
+        assert max(by_size["dice"]) == pytest.approx(by_volume["dice"][0], abs=1e-9)
+        assert max(by_volume["dice"]) == pytest.approx(again["mean"]["dice"][r], abs=1e-4)
 
 
 def test_one_se_selection_keeps_an_anchor_that_is_the_val_best(

@@ -44,6 +44,49 @@ def test_keeps_everything_when_removal_does_not_help() -> None:
     assert found.min_component == {"WT": 0, "TC": 0, "ET": 0}  # ties go to the smallest size
 
 
+def _scattered(tumour: bool, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """A subject whose tumour (every region) is four 2-voxel components, predicted exactly;
+    without a tumour, 2 false ET voxels: removing components would cost every tumour, a
+    presence rule between 2 and 8 voxels costs none."""
+    rng = np.random.default_rng(seed)
+    probs = rng.uniform(0.0, 0.3, SHAPE).astype(np.float32)
+    target = np.zeros(SHAPE, dtype=bool)
+    if tumour:
+        for k in range(4):
+            target[:, 1 + 2 * k, 2 + 5 * k, 2:4] = True
+        probs[target] = 0.9
+    else:
+        probs[2, 6, 20, 2:4] = 0.8
+    return (f"s{seed}", probs, target)
+
+
+def test_presence_rule_is_chosen_where_component_removal_would_cost_tumours() -> None:
+    items = [_scattered(tumour=i % 3 != 0, seed=i) for i in range(12)]
+    grid = (0, 2, 8, 32, 128)
+    found = search_min_components(items, 0.5, grid=grid)
+    assert found.min_component == {"WT": 0, "TC": 0, "ET": 0}  # 8 would clear every tumour
+    assert found.min_volume == {"WT": 0, "TC": 0, "ET": 8}  # 2 false voxels < 8 <= 8 true
+    assert found.val_dice == pytest.approx(dict.fromkeys((*REGIONS, "mean"), 1.0))
+    assert found.volume_curve["ET"] == (
+        [0, 2, 8, 32, 128],
+        pytest.approx([8 / 12] * 2 + [1.0] + [4 / 12] * 2),
+    )
+    evaluated = evaluate_probabilities(
+        items, 0.5, hd95=False, min_component=found.min_component, min_volume=found.min_volume
+    )
+    assert found.val_dice == pytest.approx(evaluated["mean"]["dice"])
+    stored = found.to_dict()
+    assert stored["min_volume"] == found.min_volume
+    assert stored["volume_curve"]["ET"]["min_volume"] == list(grid)
+    # the training caps bound the volumes as they bound the sizes
+    capped = search_min_components(items, 0.5, grid=grid, caps={"WT": 100, "TC": 100, "ET": 4})
+    assert capped.min_volume["ET"] == 0 and capped.volume_curve["ET"][0] == [0, 2]
+    # one-se anchored at the best volume keeps it, and records its anchor
+    anchor = {"WT": 0, "TC": 0, "ET": 8}
+    one_se = search_min_components(items, 0.5, grid=grid, rule="one-se", volume_anchor=anchor)
+    assert one_se.min_volume == anchor and one_se.volume_anchor == anchor
+
+
 @pytest.mark.parametrize("grid", [(), (-1, 4), (2.5,)])
 def test_bad_grid(grid: tuple) -> None:
     with pytest.raises(ValueError, match="whole voxel counts >= 0"):

@@ -611,9 +611,10 @@ def test_end_to_end_search_never_reads_test_report_does(
         assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (1, 3, 32, 32)
         forward, config = m.forward(threads=1)
         again = evaluate_model(forward, blob_data, "val", m.threshold, hd95=False,
-                               min_component=m.min_component,
+                               min_component=m.min_component, min_volume=m.min_volume,
                                spatial_dims=config.spatial_dims, divisor=config.divisor)  # fmt: skip
         assert meta["min_component"] == m.min_component  # chosen on val, stored in both
+        assert meta["min_volume"] == m.min_volume
         assert again["mean"]["dice"]["mean"] == pytest.approx(m.val_dice["mean"], abs=1e-3)
 
 

@@ -27,10 +27,13 @@ def test_row_ratios_are_relative_to_the_baseline(make_metrics: Any) -> None:
     small = {
         **make_metrics(1_000_000, 4.0, 0.88, params=250),
         "min_component": {"WT": 64, "TC": 16, "ET": 0},
+        "min_volume": {"WT": 0, "TC": 32, "ET": 8},
     }
     row = _row("7", "structured0.50+int8", small, base, _test(0.87, 3.0))
     assert [row[f"min_component_{r}"] for r in REGIONS] == [64, 16, 0]
-    assert _row("b", "dense", base, base, _test(0.9))["min_component_WT"] == 0  # older metrics
+    assert [row[f"min_volume_{r}"] for r in REGIONS] == [0, 32, 8]
+    older = _row("b", "dense", base, base, _test(0.9))  # metrics without post-processing
+    assert older["min_component_WT"] == 0 and older["min_volume_ET"] == 0
     assert row["trial"] == "7" and row["recipe"] == "structured0.50+int8"
     assert row["compression_factor"] == pytest.approx(4.0)
     assert row["compression_factor_compressed"] == pytest.approx(4.0)

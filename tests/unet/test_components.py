@@ -1,11 +1,19 @@
-"""`unet.components`: small connected-component removal, and its use in `unet.evaluate`."""
+"""`unet.components`: small connected-component removal and the region-presence rule, and
+their use in `unet.evaluate`."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from unet.components import as_min_components, component_sizes, remove_small_components
+from unet.components import (
+    as_min_components,
+    component_sizes,
+    drop_small_regions,
+    postprocess,
+    remove_small_components,
+    stored_postprocessing,
+)
 from unet.evaluate import binarize, evaluate_probabilities
 
 
@@ -80,3 +88,56 @@ def test_evaluation_applies_the_removal_after_the_threshold() -> None:
     assert removed["min_component"] == {"WT": 3, "TC": 0, "ET": 0}
     assert kept["min_component"] == {"WT": 0, "TC": 0, "ET": 0}
     assert not binarize(probs, 0.5, {"WT": 3, "TC": 0, "ET": 0}).any()
+
+
+NONE = {"WT": 0, "TC": 0, "ET": 0}
+
+
+def test_presence_rule_empties_only_regions_below_their_volume() -> None:
+    regions = _volume()  # WT 29 voxels (cube + blob), TC 27, ET 1
+    out = drop_small_regions(regions, {"WT": 30, "TC": 27, "ET": 0})
+    assert not out[0].any()  # 29 < 30: WT declared absent
+    assert out[1].sum() == 27 and out[2].sum() == 1  # a volume equal to the minimum stays
+    assert regions[0].sum() == 29  # the input is not modified
+    assert drop_small_regions(regions, None) is regions
+    assert drop_small_regions(regions, NONE) is regions
+
+
+def test_components_are_removed_before_presence_is_judged() -> None:
+    """WT is 29 voxels: it passes a 28-voxel presence rule alone, but not once its 2-voxel blob
+    has been removed (27 left)."""
+    regions = _volume()
+    volume = {"WT": 28, "TC": 0, "ET": 0}
+    assert postprocess(regions, min_volume=volume)[0].sum() == 29
+    both = postprocess(regions, {"WT": 3, "TC": 0, "ET": 0}, volume)
+    assert not both[0].any() and both[1].sum() == 27 and both[2].sum() == 1
+    assert postprocess(regions) is regions
+
+
+def test_stored_postprocessing_reads_meta_older_checkpoints_and_keep() -> None:
+    meta = {"min_component": {"WT": 3, "TC": 0, "ET": 0}, "min_volume": {"WT": 0, "TC": 8, "ET": 8}}
+    assert stored_postprocessing({**meta, "threshold": 0.5}) == meta
+    assert stored_postprocessing({}) == {"min_component": NONE, "min_volume": NONE}
+    assert stored_postprocessing(meta, keep=True) == {"min_component": NONE, "min_volume": NONE}
+    with pytest.raises(ValueError, match=r"min_volume\['ET'\] must be a whole number"):
+        stored_postprocessing({"min_volume": {"WT": 0, "TC": 0, "ET": -1}})
+    with pytest.raises(ValueError, match="min_volume misses region"):
+        stored_postprocessing({"min_volume": {"WT": 0}})
+
+
+def test_evaluation_applies_the_presence_rule_where_removal_would_cost_tumour() -> None:
+    """A tumour-free subject with 2 false ET voxels and a subject whose true ET is three
+    1-voxel components: removing components below 2 voxels clears the true ET and keeps the
+    false one; a 3-voxel presence rule clears only the false one."""
+    shape = (3, 8, 16, 16)
+    free, tumour = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+    free[2, 6, 10, 10:12] = 0.9
+    tumour[:, 2, 2, 2] = tumour[:, 5, 5, 5] = tumour[:, 5, 9, 9] = 0.9
+    items = [("free", free, np.zeros(shape, dtype=bool)), ("tumour", tumour, tumour > 0.5)]
+    plain = evaluate_probabilities(items, 0.5, hd95=False)
+    ruled = evaluate_probabilities(items, 0.5, hd95=False, min_volume={**NONE, "ET": 2 + 1})
+    removed = evaluate_probabilities(items, 0.5, hd95=False, min_component={**NONE, "ET": 2})
+    et = [[s["dice"]["ET"] for s in r["per_subject"]] for r in (plain, ruled, removed)]
+    assert et == [[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    assert ruled["min_volume"] == {**NONE, "ET": 3} and plain["min_volume"] == NONE
+    assert not binarize(free, 0.5, None, {**NONE, "ET": 3}).any()

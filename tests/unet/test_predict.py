@@ -123,11 +123,11 @@ def test_evaluate_cli_bad_checkpoint(
 
 def test_stored_component_removal_is_applied_unless_kept(tmp_path: Path, blob_data: Path) -> None:
     """Threshold 0 makes each region one volume-filling component; a stored minimum size above
-    the volume removes WT in `unet.evaluate` and `unet.predict`, ``--keep-components`` keeps it."""
-    sizes = {"WT": 10**6, "TC": 0, "ET": 0}
-    ckpt = save_checkpoint(
-        tmp_path / "cc.pt", zoo.create("unet2d-tiny"), {"threshold": 0.0, "min_component": sizes}
-    )
+    the volume removes WT, a stored minimum volume above it empties ET, in `unet.evaluate` and
+    `unet.predict`; ``--keep-components`` keeps both."""
+    sizes, volumes = {"WT": 10**6, "TC": 0, "ET": 0}, {"WT": 0, "TC": 0, "ET": 10**6}
+    meta = {"threshold": 0.0, "min_component": sizes, "min_volume": volumes}
+    ckpt = save_checkpoint(tmp_path / "cc.pt", zoo.create("unet2d-tiny"), meta)
     common = ["--checkpoint", str(ckpt), "--data", str(blob_data)]
     for keep, wt_empty in (([], True), (["--keep-components"], False)):
         out = tmp_path / f"ev{len(keep)}"
@@ -135,7 +135,9 @@ def test_stored_component_removal_is_applied_unless_kept(tmp_path: Path, blob_da
             evaluate_main([*common, "--split", "val", "--out", str(out), "--no-hd95", *keep]) == 0
         )
         result = json.loads((out / "metrics.json").read_text())
-        assert result["min_component"] == (sizes if not keep else {"WT": 0, "TC": 0, "ET": 0})
+        none = {"WT": 0, "TC": 0, "ET": 0}
+        assert result["min_component"] == (sizes if not keep else none)
+        assert result["min_volume"] == (volumes if not keep else none)
         wt = [s["dice"]["WT"] for s in result["per_subject"]]
         tc = [s["dice"]["TC"] for s in result["per_subject"]]
         assert all(d == 0.0 for d in wt) == wt_empty and all(0 < d < 1 for d in tc)
@@ -143,4 +145,6 @@ def test_stored_component_removal_is_applied_unless_kept(tmp_path: Path, blob_da
         assert predict_main([*common, "--subject", "s001", "--out", str(pred), *keep]) == 0
         with h5py.File(pred) as f:
             regions = f["regions"][...].astype(bool)
+            assert json.loads(f.attrs["min_volume"]) == (volumes if not keep else none)
         assert (not regions[0].any()) == wt_empty and regions[1].all()
+        assert (not regions[2].any()) == wt_empty
