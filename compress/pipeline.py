@@ -13,7 +13,7 @@ or ``--recipe recipe.json``. Steps: prune -> fine-tune (training split; with the
 recovery methods, `compress.recovery`) -> export + cast (int8 calibrated on training-split
 inputs) -> threshold search (validation split) -> post-processing (small-component removal and
 the region-presence rule, sizes searched on the validation split with ``components="search"``,
-`compress.components`) -> measure.
+`compress.components`; both val steps in `compress.validation`) -> measure.
 The test split is never read here. Writes into ``--out``:
 
 * ``model.onnx``: the deployable ONNX model (fp32 / fp16 / int8 QDQ; for ``bf16`` the fp32 ONNX,
@@ -44,12 +44,10 @@ import json
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compress.cast import cast_module
-from compress.components import search_min_components, size_caps
 from compress.deploy import (
     artifact_files,
     artifact_forward,
@@ -65,16 +63,13 @@ from compress.recipe import Recipe
 from compress.recovery import recover
 from compress.runners import reference_calls
 from compress.teacher_cache import TeacherCache
-from compress.threshold import search_thresholds
+from compress.validation import paired_val, validate
 from unet.checkpoint import load_checkpoint, save_checkpoint
-from unet.components import as_min_components, as_min_volumes
 from unet.data.canonical import CanonicalDataset
 from unet.data.datasets import sample_inputs, sample_pairs
-from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabilities
-from unet.inference import DEFAULT_PATCH_3D, Forward, round_up
+from unet.inference import DEFAULT_PATCH_3D, round_up
 from unet.io import write_text_atomic
 from unet.models import UNet
-from unet.stats import paired_comparison
 
 
 def _as_data(data: CanonicalDataset | str | Path) -> CanonicalDataset:
@@ -87,79 +82,6 @@ def measure_spatial(model: UNet, data: CanonicalDataset, meta: dict[str, Any]) -
     d, h, w = data.shape(data.split("val")[0])
     sizes = (h, w) if cfg.spatial_dims == 2 else tuple(meta.get("patch_size") or DEFAULT_PATCH_3D)
     return tuple(round_up(s, cfg.divisor) for s in sizes)
-
-
-@dataclass(frozen=True)
-class ValResult:
-    """Validation outcome of one model: threshold(s), post-processing (minimum component sizes
-    and region volumes), mean Dice, per-subject Dice rows, and the two searches (None where not
-    searched)."""
-
-    threshold: dict[str, float]
-    min_component: dict[str, int]
-    val_dice: dict[str, float]
-    per_subject: list[dict[str, Any]]
-    search: dict[str, Any] | None
-    component_search: dict[str, Any] | None = None
-    min_volume: dict[str, int] | None = None
-
-
-def validate(
-    forward: Forward,
-    model: UNet,
-    data: CanonicalDataset,
-    mode: str,
-    fixed: dict[str, float] | None,
-    patch_size: Any,
-    *,
-    components: str = "keep",
-    fixed_components: dict[str, int] | None = None,
-    rule: str = "best",
-    anchor: dict[str, Any] | None = None,
-    fixed_volumes: dict[str, int] | None = None,
-) -> ValResult:
-    """Predict the val split; threshold(s) searched (``mode`` global / per-region) or ``fixed``;
-    then the post-processing (minimum component sizes and region volumes) searched
-    (``components="search"``, `compress.components`) or kept (``fixed_components``,
-    ``fixed_volumes``; None = remove nothing); per-subject Dice at the chosen threshold(s) and
-    post-processing, for paired comparisons. ``rule="one-se"``: the searches keep ``anchor``'s
-    ``threshold`` / ``min_component`` / ``min_volume`` (the reference's M) unless val shows a
-    gain beyond one standard error (`unet.selection`)."""
-    anchor = anchor or {}
-    cfg = model.config
-    items = collect_probabilities(
-        forward, data, data.split("val"), cfg.spatial_dims, cfg.divisor, patch_size
-    )
-    search = None
-    if mode == "fixed":
-        threshold = as_thresholds(fixed)
-    else:
-        found = search_thresholds(items, mode=mode, rule=rule, anchor=anchor.get("threshold"))
-        threshold, search = dict(found.thresholds), found.to_dict()
-    component_search = None
-    if components == "search":
-        sized = search_min_components(
-            items, threshold, caps=size_caps(data, "train"), rule=rule,
-            anchor=anchor.get("min_component"), volume_anchor=anchor.get("min_volume"),
-        )  # fmt: skip
-        min_component, component_search = sized.min_component, sized.to_dict()
-        min_volume = sized.min_volume
-    else:
-        min_component = as_min_components(fixed_components)
-        min_volume = as_min_volumes(fixed_volumes)
-    evaluated = evaluate_probabilities(
-        items, threshold, hd95=False, min_component=min_component, min_volume=min_volume
-    )
-    per_subject = [{"subject": r["subject"], "dice": r["dice"]} for r in evaluated["per_subject"]]
-    return ValResult(
-        threshold,
-        min_component,
-        dict(evaluated["mean"]["dice"]),
-        per_subject,
-        search,
-        component_search,
-        min_volume,
-    )
 
 
 def _metrics(
@@ -228,18 +150,6 @@ def measure_baseline(
         "val_dice": val.val_dice,
         "val_per_subject": val.per_subject,
     }
-
-
-def paired_val(
-    compressed: dict[str, Any], reference: dict[str, Any], **kwargs: Any
-) -> dict[str, Any] | None:
-    """Paired val comparison (`unet.stats.paired_comparison`) of two M dicts; None when the
-    reference has no per-subject rows (measured by an older version)."""
-    if "val_per_subject" not in reference:
-        return None
-    return paired_comparison(
-        compressed["val_per_subject"], reference["val_per_subject"], **kwargs
-    ).to_dict()
 
 
 def compress_checkpoint(

@@ -41,13 +41,14 @@ import torch
 
 from compress.export import ort_forward, ort_session
 from compress.finetune import finetune
-from compress.pipeline import compress_checkpoint, measure_spatial, validate
+from compress.pipeline import compress_checkpoint, measure_spatial
 from compress.prune_structured import channel_count
 from compress.quantize import ArrayCalibrationReader
 from compress.recipe import Recipe
 from compress.runners import latency_call
 from compress.surgery import rebuild
 from compress.timing import paired_latency
+from compress.validation import validate
 from studies.report_format import delta_ci, table_start
 from studies.sweep_spec import BASELINE_RECIPE
 from unet.checkpoint import load_checkpoint
