@@ -14,7 +14,7 @@ distribution (``--split-fractions 0 0 1`` puts all of them in the test split); f
 import another cohort or site with its subjects in the test split.
 
 Every Pareto model and the baseline are evaluated on the external file's **test** split with
-their stored thresholds and component sizes, and compared paired with the baseline exactly as
+their stored thresholds and post-processing, and compared paired with the baseline exactly as
 in `studies.report` (same margins, same columns). Refused with one ``error:`` line: the study's
 own data file (same fingerprint), a file without labelled test subjects. Writes
 ``external.md``, ``external.csv`` and ``external.json`` into ``--out`` (default:

@@ -288,7 +288,7 @@ the same backend, paired: the median over {info["latency_runs"]} rounds in which
 the baseline ran back to back (batch 1, {info["threads"]} thread(s)), so machine load cancels;
 *ms*: the model's own median (for information, taken under whatever load there was);
 *zlib MB*: compressed artifact size (what unstructured sparsity saves). Full columns (HD95,
-thresholds and minimum component sizes per region, IQRs, MACs): `pareto.csv`.
+thresholds, minimum component sizes and region volumes per region, IQRs, MACs): `pareto.csv`.
 
 ## Study
 
