@@ -40,6 +40,8 @@ from unet.evaluate import Item, as_thresholds
 from unet.selection import check_rule, one_se_choice
 
 DEFAULT_SIZE_GRID = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+# what `search_min_components` chooses, in order (a study records it: `studies.sweep_setup`)
+SEARCHED = ("min_component", "min_volume")
 CAP_FRACTION = 0.5  # of the smallest training tumour, per region
 
 
@@ -160,7 +162,7 @@ def search_min_components(
             parts.append((sizes, hits, int(np.count_nonzero(target[i]))))
         chosen[r], _, curve[r] = _choose(parts, sizes_grid, rule, anchors[r], cap)
         # what is left after the removal, as one component per subject (the presence rule)
-        left = [_kept_total(sizes, hits, chosen[r]) + (truth,) for sizes, hits, truth in parts]
+        left = [_kept_total(sizes, hits, truth, chosen[r]) for sizes, hits, truth in parts]
         volumes[r], val[r], volume_curve[r] = _choose(
             left, sizes_grid, rule, volume_anchors[r], cap
         )
@@ -179,11 +181,14 @@ def search_min_components(
     )
 
 
-def _kept_total(sizes: np.ndarray, hits: np.ndarray, min_size: int) -> tuple[np.ndarray, ...]:
-    """(predicted voxels, target voxels covered) left after removing components below
-    ``min_size``, as one-element arrays: one component of the presence rule."""
+def _kept_total(
+    sizes: np.ndarray, hits: np.ndarray, truth: int, min_size: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One subject's region after removing components below ``min_size`` as one component of
+    the presence rule: (its voxels, the target voxels it covers) as one-element arrays, and
+    the ``truth`` voxel count."""
     kept = sizes >= min_size
-    return np.array([sizes[kept].sum()]), np.array([hits[kept].sum()])
+    return np.array([sizes[kept].sum()]), np.array([hits[kept].sum()]), truth
 
 
 def _choose(

@@ -24,8 +24,8 @@ The test split is never read here. Writes into ``--out``:
   ``params``, ``macs``, ``size_bytes``, ``size_compressed_bytes``, ``latency_ms``
   (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold``, ``min_component``
   and ``min_volume`` (voxels per region, 0 = keep all; `unet.components`), ``val_dice`` and
-  ``val_per_subject`` (Dice per val subject at that threshold and post-processing), and ``paired_val``: the paired
-  comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
+  ``val_per_subject`` (Dice per val subject at that threshold and post-processing), and
+  ``paired_val``: the paired comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
   Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
 
 With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the

@@ -32,11 +32,11 @@ class ValResult:
 
     threshold: dict[str, float]
     min_component: dict[str, int]
+    min_volume: dict[str, int]
     val_dice: dict[str, float]
     per_subject: list[dict[str, Any]]
     search: dict[str, Any] | None
     component_search: dict[str, Any] | None = None
-    min_volume: dict[str, int] | None = None
 
 
 def validate(
@@ -89,11 +89,11 @@ def validate(
     return ValResult(
         threshold,
         min_component,
+        min_volume,
         dict(evaluated["mean"]["dice"]),
         per_subject,
         search,
         component_search,
-        min_volume,
     )
 
 

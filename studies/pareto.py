@@ -138,14 +138,16 @@ class TrialModel:
     @property
     def min_component(self) -> dict[str, int] | None:
         """Minimum connected-component sizes (voxels) chosen on val; None: nothing removed."""
-        sizes = self.metrics.get("min_component")
-        return dict(sizes) if sizes is not None else None
+        return self._voxels("min_component")
 
     @property
     def min_volume(self) -> dict[str, int] | None:
         """Minimum region volumes (voxels, the presence rule) chosen on val; None: none."""
-        volumes = self.metrics.get("min_volume")
-        return dict(volumes) if volumes is not None else None
+        return self._voxels("min_volume")
+
+    def _voxels(self, key: str) -> dict[str, int] | None:
+        spec = self.metrics.get(key)
+        return dict(spec) if spec is not None else None
 
     @property
     def val_dice(self) -> dict[str, float]:

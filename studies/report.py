@@ -30,14 +30,20 @@ from studies.pareto import (
     LATENCY_NAMES,
     TrialModel,
     baseline_model,
-    has_mean_dice_objective,
     is_feasible,
     load_study,
     sweep_info,
     trial_models,
 )
 from studies.repeats import is_repeat
-from studies.report_format import SHORT_BACKENDS, markdown_table, rows_csv, summary_line
+from studies.report_format import (
+    SHORT_BACKENDS,
+    dice_objective_name,
+    feasible_rule,
+    markdown_table,
+    rows_csv,
+    summary_line,
+)
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.io import write_text_atomic
 from unet.killpoints import killpoint
@@ -97,10 +103,8 @@ def _row(
             row[f"latency_iqr_ms_{short}"] = lat.get(backend, {}).get("iqr")
         row[f"speedup_{short}"] = speedup(m, base, backend)
     row.update({f"threshold_{r}": float(m["threshold"][r]) for r in REGIONS})
-    sizes = m.get("min_component") or {}
-    row.update({f"min_component_{r}": int(sizes.get(r, 0)) for r in REGIONS})
-    volumes = m.get("min_volume") or {}
-    row.update({f"min_volume_{r}": int(volumes.get(r, 0)) for r in REGIONS})
+    for key in ("min_component", "min_volume"):  # absent in older metrics: nothing removed
+        row.update({f"{key}_{r}": int((m.get(key) or {}).get(r, 0)) for r in REGIONS})
     row.update({f"val_dice_{r}": float(m["val_dice"][r]) for r in _R})
     row.update({f"test_dice_{r}": float(test["dice"][r]) for r in _R})
     row.update({f"test_hd95_{r}": float(test["hd95"][r]) for r in _R})
@@ -150,23 +154,6 @@ def model_row(
     row["artifact"] = str(model.artifact_path)
     row["recipe_dict"] = model.recipe  # pareto.json only: the exact recipe to rebuild it
     return row
-
-
-def dice_objective_name(info: dict[str, Any]) -> str:
-    """What the study's Dice objective was (`studies.pareto.dice_objective`)."""
-    if has_mean_dice_objective(info):
-        return "val mean Dice"
-    return "the lower end of the paired 95% CI of the val mean-Dice change vs the baseline"
-
-
-def feasible_rule(info: dict[str, Any]) -> str:
-    """How the study judged feasibility on val (`studies.sweep_worker.constraint_value`)."""
-    rule = (
-        "feasible = the paired 95% CI of the val mean-Dice delta vs the baseline stays above "
-        f"-{info['max_dice_drop']:g}"
-    )
-    region = info.get("max_region_drop")
-    return rule if region is None else f"{rule} and every region's above -{region:g}"
 
 
 def open_data(study: optuna.Study, data: str | Path | None = None) -> CanonicalDataset:
@@ -270,7 +257,8 @@ def report_markdown(
 The Pareto set ({len(rows) - 1} model{"" if len(rows) == 2 else "s"}) was chosen on the **validation** split (objectives: {dice_objective_name(info)},
 deployable size, {name} latency at batch 1; {feasible_rule(info)}). Each
 model was then evaluated once on the **test** split with its stored threshold(s) and
-post-processing (small-component removal and region-presence rule; all chosen on val; Dice and HD95 per subject volume) and compared **paired** with the baseline over the same
+post-processing (small-component removal and region-presence rule; all chosen on val; Dice and
+HD95 per subject volume) and compared **paired** with the baseline over the same
 {rows[0].get("n_test_subjects", "?")} test subjects: *test delta* is the mean over subjects of
 (model - baseline) Dice with its 95% bootstrap CI; *non-inferior* means the mean's CI lower bound
 is above -{rows[0].get("margin", 0.01):g} and every region's (WT, TC, ET) above
@@ -278,8 +266,8 @@ is above -{rows[0].get("margin", 0.01):g} and every region's (WT, TC, ET) above
 the subject whose Dice in that region fell most, baseline -> model: on 25 subjects one region
 that is empty in the truth and marked by a few voxels, Dice 1 -> 0, can decide the verdict).
 The baseline row is the trained model as dense fp32 ONNX with its thresholds (per region) and
-post-processing searched on val, exactly like every trial's (as trained, with its stored threshold: val mean Dice
-{as_trained}).
+post-processing searched on val, exactly like every trial's (as trained, with its stored
+threshold: val mean Dice {as_trained}).
 
 {markdown_table(rows, backend)}
 

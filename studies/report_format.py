@@ -2,7 +2,8 @@
 
 `studies.report` builds the rows (the Pareto set, chosen on val, evaluated on test and compared
 paired with the baseline); this module only formats them: ``pareto.csv`` (`rows_csv`), the
-Markdown table (`markdown_table`) and the one-line verdict (`summary_line`).
+Markdown table (`markdown_table`), the one-line verdict (`summary_line`) and the sentences that
+name the study's rules (`dice_objective_name`, `feasible_rule`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from studies.pareto import LATENCY_NAMES
+from studies.pareto import LATENCY_NAMES, has_mean_dice_objective
 from unet.data.canonical import REGIONS
 
 # report column suffix -> latency backend
@@ -169,3 +170,20 @@ def markdown_table(rows: Sequence[dict[str, Any]], backend: str = "ort_cpu") -> 
             f"| {paired_cells(r)} |"
         )
     return "\n".join(lines)
+
+
+def dice_objective_name(info: dict[str, Any]) -> str:
+    """What the study's Dice objective was (`studies.pareto.dice_objective`)."""
+    if has_mean_dice_objective(info):
+        return "val mean Dice"
+    return "the lower end of the paired 95% CI of the val mean-Dice change vs the baseline"
+
+
+def feasible_rule(info: dict[str, Any]) -> str:
+    """How the study judged feasibility on val (`studies.sweep_worker.constraint_value`)."""
+    rule = (
+        "feasible = the paired 95% CI of the val mean-Dice delta vs the baseline stays above "
+        f"-{info['max_dice_drop']:g}"
+    )
+    region = info.get("max_region_drop")
+    return rule if region is None else f"{rule} and every region's above -{region:g}"

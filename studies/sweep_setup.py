@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 
+from compress.components import SEARCHED
 from compress.recipe import Recipe
 from studies.pareto import DIRECTIONS, OBJECTIVES
 from studies.search_space import ROUND_TO, unstructured_limit
@@ -88,6 +89,7 @@ def prepare_study(
         "latency_backend": spec.latency_backend,
         "round_to_choices": sorted({1, spec.round_to}),
         "precisions": list(searched_precisions(spec.latency_backend)),
+        "postprocessing": list(SEARCHED),
     }
     stored = study.user_attrs.get("sweep")
     if stored is not None:
@@ -95,6 +97,7 @@ def prepare_study(
             "latency_backend": "ort_cpu",
             "round_to_choices": list(ROUND_TO),
             "max_region_drop": None,  # studies before the region constraint had none
+            "postprocessing": ["min_component"],  # before the region-presence rule
         }
         if "baseline_recipe" in stored:  # fields added since take their defaults
             stored = {
@@ -111,6 +114,7 @@ def prepare_study(
             ("max_dice_drop", "max_dice_drop"),
             ("max_region_drop", "max_region_drop"),
             ("objectives", "objectives"),
+            ("postprocessing", "post-processing"),
         ):
             was = stored.get(key, old_defaults.get(key))
             if was != info[key]:

@@ -106,7 +106,8 @@ def remove_small_components(
 
 def drop_small_regions(regions: np.ndarray, min_volume: Mapping[str, int] | None) -> np.ndarray:
     """Bool region maps (3, ...) with every region whose total volume is below its
-    ``min_volume`` (voxels) emptied: the region-presence rule."""
+    ``min_volume`` (voxels) emptied: the region-presence rule (``regions`` itself, not a copy,
+    when nothing is emptied)."""
     volumes = as_min_volumes(min_volume)
     counts = regions.reshape(len(REGIONS), -1).sum(axis=1)
     absent = [i for i, r in enumerate(REGIONS) if 0 < counts[i] < volumes[r]]
@@ -123,5 +124,5 @@ def postprocess(
     min_volume: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """Both steps of the module docstring: small components removed, then absent regions
-    emptied (None: that step does nothing)."""
+    emptied (None: that step does nothing; ``regions`` itself when nothing changes)."""
     return drop_small_regions(remove_small_components(regions, min_component), min_volume)

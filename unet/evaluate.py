@@ -217,8 +217,9 @@ def reference_results(
     """Per-subject results of the ``reference`` of a paired comparison.
 
     ``reference`` is a checkpoint (evaluated here on ``subjects`` with its stored threshold(s) and
-    post-processing) or the ``metrics.json`` of an earlier `unet.evaluate` run (its ``per_subject`` rows are used
-    as they are; `unet.stats.paired_comparison` refuses them if they cover other subjects).
+    post-processing) or the ``metrics.json`` of an earlier `unet.evaluate` run (its
+    ``per_subject`` rows are used as they are; `unet.stats.paired_comparison` refuses them if
+    they cover other subjects).
     """
     from unet.checkpoint import load_checkpoint
 

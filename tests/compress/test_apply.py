@@ -15,6 +15,7 @@ from compress.pipeline import compress_checkpoint, measure_baseline
 from compress.prune import conv_sparsity
 from compress.recipe import Recipe
 from unet import load_checkpoint, save_checkpoint, zoo
+from unet.components import stored_postprocessing
 from unet.data.canonical import REGIONS, CanonicalDataset
 from unet.evaluate import evaluate_model
 from unet.train_loop import fit
@@ -193,14 +194,16 @@ def test_component_search_is_stored_and_reproducible(
 def test_one_se_selection_keeps_an_anchor_that_is_the_val_best(
     tmp_path: Path, baseline: Path, baseline_metrics: dict, blob_data: Path
 ) -> None:
-    """``selection="one-se"`` anchors both val searches at the reference's M: anchored at what
-    the argmax chooses, it keeps exactly that; the stored val Dice is reproducible."""
+    """``selection="one-se"`` anchors every val search (threshold, size, volume) at the
+    reference's M: anchored at what the argmax chooses, it keeps exactly that; the stored val
+    Dice is reproducible."""
     best = Recipe(threshold="per-region", components="search")
     found = compress_checkpoint(
         baseline, blob_data, best, tmp_path / "best", threads=1, baseline_metrics=baseline_metrics
     )["compressed"]
     anchor = {**baseline_metrics, "threshold": found["threshold"]}
     anchor["min_component"] = found["min_component"]
+    anchor["min_volume"] = found["min_volume"]
     recipe = dataclasses.replace(best, selection="one-se")
     result = compress_checkpoint(
         baseline, blob_data, recipe, tmp_path / "1se", threads=1, baseline_metrics=anchor
@@ -208,13 +211,13 @@ def test_one_se_selection_keeps_an_anchor_that_is_the_val_best(
     c = result["compressed"]
     assert c["threshold"] == found["threshold"]
     assert c["min_component"] == found["min_component"]
+    assert c["min_volume"] == found["min_volume"]
     assert result["threshold_search"]["rule"] == "one-se"
     assert result["threshold_search"]["anchor"] == found["threshold"]
     assert result["recipe_label"].endswith("+cc+1se")
     model, meta = load_checkpoint(tmp_path / "1se" / "checkpoint.pt")
-    again = evaluate_model(
-        model, blob_data, "val", meta["threshold"], min_component=meta["min_component"], hd95=False
-    )
+    post = stored_postprocessing(meta)
+    again = evaluate_model(model, blob_data, "val", meta["threshold"], **post, hd95=False)
     assert again["mean"]["dice"]["mean"] == pytest.approx(c["val_dice"]["mean"], abs=1e-4)
 
 

@@ -81,10 +81,20 @@ def test_presence_rule_is_chosen_where_component_removal_would_cost_tumours() ->
     # the training caps bound the volumes as they bound the sizes
     capped = search_min_components(items, 0.5, grid=grid, caps={"WT": 100, "TC": 100, "ET": 4})
     assert capped.min_volume["ET"] == 0 and capped.volume_curve["ET"][0] == [0, 2]
-    # one-se anchored at the best volume keeps it, and records its anchor
-    anchor = {"WT": 0, "TC": 0, "ET": 8}
-    one_se = search_min_components(items, 0.5, grid=grid, rule="one-se", volume_anchor=anchor)
-    assert one_se.min_volume == anchor and one_se.volume_anchor == anchor
+
+
+def test_one_se_keeps_the_anchor_volume_unless_val_shows_more() -> None:
+    """One tumour-free subject in 12: the presence rule gains on one subject only, within one
+    standard error, so one-se keeps whichever volume it is anchored at; `best` takes the gain."""
+    items = [_scattered(tumour=i != 0, seed=i) for i in range(12)]
+    grid = (0, 2, 8, 32, 128)
+    assert search_min_components(items, 0.5, grid=grid).min_volume["ET"] == 8
+    for anchor_et in (0, 8):
+        anchor = {"WT": 0, "TC": 0, "ET": anchor_et}
+        found = search_min_components(items, 0.5, grid=grid, rule="one-se", volume_anchor=anchor)
+        assert found.min_volume == anchor and found.volume_anchor == anchor
+    unanchored = search_min_components(items, 0.5, grid=grid, rule="one-se")
+    assert unanchored.min_volume == unanchored.volume_anchor == {"WT": 0, "TC": 0, "ET": 0}
 
 
 @pytest.mark.parametrize("grid", [(), (-1, 4), (2.5,)])

@@ -393,6 +393,11 @@ def test_a_new_study_runs_the_warm_start_first_and_only_once(
         (["--max-region-drop", "0.5"], {}, "max_region_drop (0.03, now 0.5)"),
         ([], {"objectives": ["val_dice_mean", "size_bytes", "latency_ms_ort"]}, "objectives"),
         ([], {"latency_backend": "ov_cpu"}, "latency_backend (ov_cpu, now ort_cpu)"),
+        (  # a study from before the region-presence rule: its reference lacks it
+            [],
+            {"postprocessing": ["min_component"]},
+            "post-processing (['min_component'], now ['min_component', 'min_volume'])",
+        ),
     ],
 )
 def test_a_study_is_resumed_only_with_its_own_rule_and_objective(

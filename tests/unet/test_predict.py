@@ -141,6 +141,8 @@ def test_stored_component_removal_is_applied_unless_kept(tmp_path: Path, blob_da
         wt = [s["dice"]["WT"] for s in result["per_subject"]]
         tc = [s["dice"]["TC"] for s in result["per_subject"]]
         assert all(d == 0.0 for d in wt) == wt_empty and all(0 < d < 1 for d in tc)
+        et = [s["dice"]["ET"] for s in result["per_subject"]]  # emptied: 0, or 1 without ET
+        assert all(d in (0.0, 1.0) for d in et) if wt_empty else any(0 < d < 1 for d in et)
         pred = tmp_path / f"pred{len(keep)}.h5"
         assert predict_main([*common, "--subject", "s001", "--out", str(pred), *keep]) == 0
         with h5py.File(pred) as f:
