@@ -25,8 +25,9 @@ The test split is never read here. Writes into ``--out``:
   (``{"ort_cpu": {"median", "iqr"}, "torch_cpu": {...}}``), ``threshold``, ``min_component``
   and ``min_volume`` (voxels per region, 0 = keep all; `unet.components`), ``val_dice`` and
   ``val_per_subject`` (Dice per val subject at that threshold and post-processing), and
-  ``paired_val``: the paired comparison of compressed vs baseline over the val subjects (`unet.stats.paired_comparison`:
-  Dice delta per region and mean, 95% bootstrap CI, ``non_inferior`` at margins 0.01 / 0.03).
+  ``paired_val``: the paired comparison of compressed vs baseline over the val subjects
+  (`unet.stats.paired_comparison`: Dice delta per region and mean, 95% bootstrap CI,
+  ``non_inferior`` at margins 0.01 / 0.03).
 
 With ``runtime="openvino"`` in the recipe (``--runtime openvino``) the artifact is the
 ``model.onnx`` OpenVINO reads (bf16 is OpenVINO's bf16 inference on the fp32 ONNX), or for int8
@@ -138,8 +139,7 @@ def measure_baseline(
             "fixed",
             meta.get("threshold"),
             meta.get("patch_size"),
-            fixed_components=meta.get("min_component"),
-            fixed_volumes=meta.get("min_volume"),
+            fixed_post=meta,
         )
         m = _metrics(model, spatial, onnx_path, onnx_path, threads, latency_runs, device)
     return {
@@ -257,10 +257,9 @@ def compress_checkpoint(
         meta.get("threshold"),
         patch_size,
         components=recipe.components,
-        fixed_components=meta.get("min_component"),
+        fixed_post=meta,
         rule=recipe.selection,
         anchor=baseline_metrics,
-        fixed_volumes=meta.get("min_volume"),
     )
     threshold, val = val_result.threshold, val_result.val_dice
 

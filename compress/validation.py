@@ -11,12 +11,13 @@ training split's labels, for the post-processing size caps, `compress.components
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from compress.components import search_min_components, size_caps
 from compress.threshold import search_thresholds
-from unet.components import as_min_components, as_min_volumes
+from unet.components import stored_postprocessing
 from unet.data.canonical import CanonicalDataset
 from unet.evaluate import as_thresholds, collect_probabilities, evaluate_probabilities
 from unet.inference import Forward
@@ -48,15 +49,15 @@ def validate(
     patch_size: Any,
     *,
     components: str = "keep",
-    fixed_components: dict[str, int] | None = None,
+    fixed_post: Mapping[str, Any] | None = None,
     rule: str = "best",
     anchor: dict[str, Any] | None = None,
-    fixed_volumes: dict[str, int] | None = None,
 ) -> ValResult:
     """Predict the val split; threshold(s) searched (``mode`` global / per-region) or ``fixed``;
     then the post-processing (minimum component sizes and region volumes) searched
-    (``components="search"``, `compress.components`) or kept (``fixed_components``,
-    ``fixed_volumes``; None = remove nothing); per-subject Dice at the chosen threshold(s) and
+    (``components="search"``, `compress.components`) or kept (``fixed_post``: a checkpoint's
+    meta or any mapping with ``min_component`` / ``min_volume``, read by
+    `unet.components.stored_postprocessing`; None = remove nothing); per-subject Dice at the chosen threshold(s) and
     post-processing, for paired comparisons. ``rule="one-se"``: the searches keep ``anchor``'s
     ``threshold`` / ``min_component`` / ``min_volume`` (the reference's M) unless val shows a
     gain beyond one standard error (`unet.selection`)."""
@@ -80,8 +81,8 @@ def validate(
         min_component, component_search = sized.min_component, sized.to_dict()
         min_volume = sized.min_volume
     else:
-        min_component = as_min_components(fixed_components)
-        min_volume = as_min_volumes(fixed_volumes)
+        kept = stored_postprocessing(fixed_post or {})
+        min_component, min_volume = kept["min_component"], kept["min_volume"]
     evaluated = evaluate_probabilities(
         items, threshold, hd95=False, min_component=min_component, min_volume=min_volume
     )

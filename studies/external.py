@@ -67,10 +67,11 @@ def external_markdown(
 
 External data: `{data.path}` (fingerprint {data.fingerprint}; {len(data.split("test"))} test
 subjects), not the study's data (fingerprint {info["data_fingerprint"]}): no model, search,
-threshold or post-processing choice has seen it. The models are the study's Pareto set (chosen on the
-study's **validation** split) and its baseline, each with its stored threshold(s) and
+threshold or post-processing choice has seen it. The models are the study's Pareto set (chosen
+on the study's **validation** split) and its baseline, each with its stored threshold(s) and
 post-processing (small-component removal, region-presence rule); *test* columns are on the
-external subjects, compared **paired** with the baseline (95% bootstrap CIs over subjects; non-inferior: the mean's lower bound above
+external subjects, compared **paired** with the baseline (95% bootstrap CIs over subjects;
+non-inferior: the mean's lower bound above
 -{rows[0].get("margin", DEFAULT_MARGIN):g} and every region's above
 -{rows[0].get("region_margin", DEFAULT_REGION_MARGIN):g}). Sizes and
 {LATENCY_NAMES.get(backend, backend)} speed-ups are the study's (measured during the search).
