@@ -86,7 +86,10 @@ def validate(
     evaluated = evaluate_probabilities(
         items, threshold, hd95=False, min_component=min_component, min_volume=min_volume
     )
-    per_subject = [{"subject": r["subject"], "dice": r["dice"]} for r in evaluated["per_subject"]]
+    per_subject = [  # Dice and voxel counts (the detection split of `paired_val`), no HD95
+        {"subject": r["subject"], "dice": r["dice"], "voxels": r["voxels"]}
+        for r in evaluated["per_subject"]
+    ]
     return ValResult(
         threshold,
         min_component,

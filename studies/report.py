@@ -37,6 +37,7 @@ from studies.pareto import (
 )
 from studies.repeats import is_repeat
 from studies.report_format import (
+    DETECTION_FIELDS,
     SHORT_BACKENDS,
     dice_objective_name,
     feasible_rule,
@@ -211,12 +212,12 @@ def add_paired_columns(
     margin: float = DEFAULT_MARGIN,
     region_margin: float = DEFAULT_REGION_MARGIN,
 ) -> None:
-    """Paired test comparison of every Pareto row with the baseline row (``rows[0]``), in place:
-    ``test_dice_delta`` (+ ``_lo``/``_hi``: the 95% bootstrap CI) for the mean and per region
-    (``test_dice_delta_WT``, ...), ``non_inferior`` (`unet.stats.paired_comparison`) and per
-    region the subject of the largest loss (``test_largest_loss_WT``: ``"phantom_014 1.00 ->
-    0.00"``, baseline -> model; empty if none). The per-subject test results are dropped from
-    the rows afterwards."""
+    """Paired test comparison of every Pareto row with the baseline row (``rows[0]``), in place
+    (`unet.stats.paired_comparison`): ``test_dice_delta`` (+ ``_lo``/``_hi``: 95% CI) for the
+    mean and per region (``test_dice_delta_WT``), ``non_inferior``, per region the largest loss
+    (``test_largest_loss_WT``: ``"phantom_014 1.00 -> 0.00"``, baseline -> model) and the
+    `unet.detection` split (``test_empty_delta_WT``, ``test_empty_subjects_WT``,
+    ``test_false_regions_WT``). The per-subject test results are dropped afterwards."""
     base = rows[0]
     reference = base.pop(PER_SUBJECT)
     base.update(margin=margin, region_margin=region_margin, n_test_subjects=len(reference))
@@ -230,6 +231,8 @@ def add_paired_columns(
             row.update({name: cmp.dice_delta[key], f"{name}_lo": lo, f"{name}_hi": hi})
         row["non_inferior"] = cmp.non_inferior
         row.update({f"test_largest_loss_{r}": cmp.worst_subject(r) for r in REGIONS})
+        for r, d in cmp.detection.items():  # unet.detection: regions empty in the truth
+            row.update({f"test_{k}_{r}": getattr(d, k) for k in DETECTION_FIELDS})
 
 
 def report_markdown(

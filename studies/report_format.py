@@ -20,6 +20,7 @@ from unet.data.canonical import REGIONS
 SHORT_BACKENDS = {"ort": "ort_cpu", "ov": "ov_cpu", "torch": "torch_cpu"}
 
 _R = (*REGIONS, "mean")
+DETECTION_FIELDS = ("empty_delta", "empty_subjects", "false_regions")  # unet.detection
 # paired test comparison vs the baseline: the mean's delta and CI, then each region's
 PAIRED_COLUMNS = (
     "test_dice_delta",
@@ -29,6 +30,8 @@ PAIRED_COLUMNS = (
     "non_inferior",
     # per region: "subject reference -> candidate" Dice of its largest loss (unet.stats)
     *(f"test_largest_loss_{r}" for r in REGIONS),
+    # per region: the delta on subjects whose region is empty in the truth (unet.detection)
+    *(f"test_{k}_{r}" for k in DETECTION_FIELDS for r in REGIONS),
 )
 COLUMNS = (
     "trial",
@@ -134,6 +137,11 @@ def paired_cells(row: dict[str, Any]) -> str:
         return "reference | - | -"
     worst = min(REGIONS, key=lambda r: row[f"test_dice_delta_{r}_lo"])
     loss = row.get(f"test_largest_loss_{worst}")
+    if loss and row.get(f"test_false_regions_{worst}") is not None:
+        loss += (
+            f"; {row[f'test_false_regions_{worst}']} false region(s) in "
+            f"{row[f'test_empty_subjects_{worst}']} empty: {row[f'test_empty_delta_{worst}']:+.4f}"
+        )
     return (
         f"{row['test_dice_delta']:+.4f} [{row['test_dice_delta_lo']:+.4f}, "
         f"{row['test_dice_delta_hi']:+.4f}] | {worst} {row[f'test_dice_delta_{worst}_lo']:+.4f} "

@@ -14,7 +14,9 @@ is below ``meta["min_volume"]`` emptied (`unet.components`, both chosen on val) 
 With ``--reference REF`` (a checkpoint, or the ``metrics.json`` of an earlier run on the same
 subjects) ``metrics.json`` gains a ``paired`` block (`unet.stats.paired_comparison`): the Dice
 delta (candidate - reference) per region and mean, its 95% paired bootstrap CI over subjects,
-HD95 deltas, and ``non_inferior`` at ``--margin`` (mean) / ``--region-margin`` (every region)::
+HD95 deltas, ``non_inferior`` at ``--margin`` (mean) / ``--region-margin`` (every region), and
+``detection``: each region's delta split into subjects whose region is empty in the truth and
+the rest (`unet.detection`, from the ``voxels`` counts every per-subject row carries)::
 
     python -m unet.evaluate --checkpoint runs/s50/checkpoint.pt --reference runs/unet2d-small.pt \\
         --data runs/phantom.h5 --split test --out runs/eval-s50
@@ -37,6 +39,7 @@ from tqdm import tqdm
 
 from unet.components import as_min_components, as_min_volumes, postprocess, stored_postprocessing
 from unet.data.canonical import REGIONS, CanonicalDataset, DataError, regions_from_label
+from unet.detection import voxel_counts
 from unet.inference import DEFAULT_PATCH_3D, Forward, predict_volume, torch_forward
 from unet.io import write_text_atomic
 from unet.metrics import HD95_METHOD, region_metrics
@@ -123,8 +126,9 @@ def evaluate_probabilities(
     sizes, volumes = as_min_components(min_component), as_min_volumes(min_volume)
     per_subject = []
     for sid, probs, target in items:
-        m = region_metrics(binarize(probs, t, sizes, volumes), target, with_hd95=hd95)
-        per_subject.append({"subject": sid, **m})
+        pred = binarize(probs, t, sizes, volumes)
+        m = region_metrics(pred, target, with_hd95=hd95)
+        per_subject.append({"subject": sid, **m, "voxels": voxel_counts(pred, target)})
     return {
         "per_subject": per_subject,
         "mean": mean_metrics(per_subject),
@@ -192,17 +196,23 @@ def metrics_table(result: dict[str, Any]) -> str:
 
 
 def metrics_csv(result: dict[str, Any]) -> str:
-    """CSV text, one row per subject: subject, dice_<region>..., hd95_<region>..."""
+    """CSV text, one row per subject: subject, dice_<region>..., hd95_<region>..., then the
+    voxel counts truth_<region>... and pred_<region>... (after post-processing)."""
     buf = io.StringIO()
     has_hd = "hd95" in result["mean"]
+    has_voxels = all("voxels" in row for row in result["per_subject"])
     header = ["subject"] + [f"dice_{r}" for r in (*REGIONS, "mean")]
     header += [f"hd95_{r}" for r in (*REGIONS, "mean")] if has_hd else []
+    header += [f"{k}_{r}" for k in ("truth", "pred") for r in REGIONS] if has_voxels else []
     writer = csv.writer(buf)
     writer.writerow(header)
     for row in result["per_subject"]:
         vals = [row["dice"][r] for r in (*REGIONS, "mean")]
         vals += [row["hd95"][r] for r in (*REGIONS, "mean")] if has_hd else []
-        writer.writerow([row["subject"], *(f"{v:.6f}" for v in vals)])
+        counts = (
+            [row["voxels"][k][r] for k in ("truth", "pred") for r in REGIONS] if has_voxels else []
+        )
+        writer.writerow([row["subject"], *(f"{v:.6f}" for v in vals), *counts])
     return buf.getvalue()
 
 

@@ -24,7 +24,8 @@ sides have HD95; they are informative only and do not enter ``non_inferior``.
 ``largest_loss`` names, per region, the subject with the most negative Dice delta and both
 Dice values: with 25 subjects one flip of an empty region (Dice 1 when neither side marks a
 voxel, 0 when one side marks a few) moves a region's mean by 0.04 and can decide the verdict,
-and this is where a reader sees it.
+and this is where a reader sees it. ``detection`` says how much of each region's delta comes
+from such subjects (`unet.detection`), when both sides' rows carry voxel counts.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 from scipy import stats
 
 from unet.data.canonical import REGIONS
+from unet.detection import RegionSplit, detection_split, detection_text
 
 KEYS = (*REGIONS, "mean")
 DEFAULT_MARGIN = 0.01
@@ -64,6 +66,9 @@ class PairedComparison:
     hd95_ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
     # region -> (subject, candidate Dice, reference Dice) of its most negative delta
     largest_loss: dict[str, tuple[str, float, float]] = field(default_factory=dict)
+    # region -> the delta split into regions empty in the truth and the rest (`unet.detection`);
+    # empty when a side's rows carry no voxel counts
+    detection: dict[str, RegionSplit] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``paired`` block of ``metrics.json`` (without the ``reference`` path)."""
@@ -87,6 +92,8 @@ class PairedComparison:
                 r: {"subject": s, "candidate": c, "reference": ref}
                 for r, (s, c, ref) in self.largest_loss.items()
             }
+        if self.detection:
+            d["detection"] = {r: split.to_dict() for r, split in self.detection.items()}
         return d
 
     def worst_subject(self, region: str) -> str:
@@ -112,6 +119,7 @@ class PairedComparison:
             f"[{lo:+.4f}, {hi:+.4f}] ({regions}); {verdict} at margins "
             f"{self.margin:g} (mean) / {self.region_margin:g} (regions)"
             + (f"; largest loss per region (reference -> candidate): {losses}" if losses else "")
+            + (f"; by truth: {detection_text(self.detection)}" if self.detection else "")
         )
 
 
@@ -244,4 +252,5 @@ def paired_comparison(
         hd95_delta=hd_delta,
         hd95_ci95=hd_ci,
         largest_loss=largest,
+        detection=detection_split(cand, ref, subjects) or {},
     )

@@ -110,6 +110,9 @@ def test_structured_int8_recipe_end_to_end(
         delta = c["val_dice"][key] - b["val_dice"][key]
         assert paired["dice_delta"][key] == pytest.approx(delta, abs=1e-9)
         assert paired["ci95"][key][0] <= paired["dice_delta"][key] <= paired["ci95"][key][1]
+    for region, split in paired["detection"].items():  # unet.detection: the parts add up
+        total = split["empty_delta"] + split["present_delta"]
+        assert total == pytest.approx(paired["dice_delta"][region], abs=1e-9)
     assert "non-inferior at margins 0.01 (mean) / 0.03" in format_table(result)
     # split discipline: train + val only
     assert not set(spy) & set(data.split("test"))

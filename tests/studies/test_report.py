@@ -126,6 +126,36 @@ def test_paired_columns_judge_every_region(make_metrics: Any) -> None:
     assert "trial 1" in summary_line(rows) and "trial 2" not in summary_line(rows)
 
 
+def test_paired_columns_split_off_regions_empty_in_the_truth(make_metrics: Any) -> None:
+    """A false ET speck on one of 24 subjects (ET empty in the truth): the row's ET delta is all
+    on the empty subjects, and the table names it next to the subject."""
+    dice = [(0.9, 0.8, 1.0 if i < 6 else 0.7) for i in range(24)]
+    base = make_metrics(4_000_000, 10.0, 0.9)
+    rows = [
+        _row("baseline", "baseline", base, base, _test(0.8)),
+        _row("1", "a", make_metrics(1_000_000, 5.0, 0.89), base, _test(0.8)),
+    ]
+    reference, candidate = (
+        _subjects(dice),
+        _subjects([(w, c, 0.0) if i == 2 else (w, c, e) for i, (w, c, e) in enumerate(dice)]),
+    )
+    for ref_row, cand_row in zip(reference, candidate, strict=True):
+        truth = {"WT": 50, "TC": 20, "ET": 0 if ref_row["dice"]["ET"] == 1.0 else 9}
+        ref_row["voxels"] = {"truth": truth, "pred": {**truth, "ET": truth["ET"]}}
+        speck = cand_row["subject"] == "s2"
+        cand_row["voxels"] = {"truth": truth, "pred": {**truth, "ET": 3 if speck else truth["ET"]}}
+    rows[0][PER_SUBJECT], rows[1][PER_SUBJECT] = reference, candidate
+    add_paired_columns(rows)
+    row = rows[1]
+    assert row["test_dice_delta_ET"] == pytest.approx(-1 / 24)
+    assert row["test_empty_delta_ET"] == pytest.approx(-1 / 24)
+    assert (row["test_empty_subjects_ET"], row["test_false_regions_ET"]) == (6, 1)
+    assert row["test_empty_delta_WT"] == 0.0 and row["test_empty_subjects_WT"] == 0
+    assert "(s2 1.00 -> 0.00; 1 false region(s) in 6 empty: -0.0417) | no |" in markdown_table(rows)
+    parsed = list(csv.DictReader(io.StringIO(rows_csv(rows))))
+    assert parsed[1]["test_false_regions_ET"] == "1" and parsed[0]["test_false_regions_ET"] == ""
+
+
 def test_csv_has_the_issue_columns_baseline_first(make_metrics: Any) -> None:
     base = make_metrics(4_000_000, 10.0, 0.9)
     rows = [
