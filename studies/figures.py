@@ -290,6 +290,7 @@ def threshold_curves_figure(study: optuna.Study, max_models: int = 4) -> Figure 
     chosen = []
     pareto = sorted(trial_models(study, pareto_only=True), key=lambda m: -m.val_dice["mean"])
     for m in [baseline_model(study), *pareto]:
+        m.check_folder()  # another study's folder: ValueError
         try:
             record = m.metrics_file()
         except (OSError, ValueError):

@@ -52,6 +52,7 @@ def write_overlay(
     for name, m in [("baseline", baseline_model(study))] + [
         (f"#{m.number} {_short(m)}", m) for m in overlay_models(study)
     ]:
+        m.check_folder()  # another study's folder: ValueError
         if not m.checkpoint.is_file():
             continue
         forward, mcfg = m.forward(threads)

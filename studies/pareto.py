@@ -165,6 +165,26 @@ class TrialModel:
             return float(self.metrics["latency_objective_ms"])
         return float(self.metrics["latency_ms"]["ort_cpu"]["median"])
 
+    def check_folder(self) -> None:
+        """`ValueError` when the trial folder's ``metrics.json`` records another model than the
+        study does (size or val Dice differ). ``trial_dir`` is stored as the sweep wrote it,
+        relative to its working directory; read from another directory it can name another
+        study's folder, whose numbers must not be reported as these. A folder without a
+        ``metrics.json`` (e.g. on another worker host) has nothing to check."""
+        try:
+            found = self.metrics_file().get("compressed")
+        except (OSError, ValueError):
+            return
+        if found is None:
+            return
+        if found.get("size_bytes") != self.size_bytes or found.get("val_dice") != self.val_dice:
+            raise ValueError(
+                f"{self.trial_dir}: holds another model than trial {self.number} of this study "
+                f"({found.get('size_bytes')} bytes, val Dice {found.get('val_dice', {}).get('mean')}"
+                f"; the study recorded {self.size_bytes} bytes, {self.val_dice.get('mean')}): run "
+                "from the directory the sweep ran in"
+            )
+
     def metrics_file(self) -> dict[str, Any]:
         """The trial's ``metrics.json`` (includes the threshold curve)."""
         return json.loads((self.trial_dir / "metrics.json").read_text(encoding="utf-8"))

@@ -193,6 +193,8 @@ def build_rows(
         trial_models(study, pareto_only=True),
         key=lambda m: (-m.val_dice["mean"], m.size_bytes),
     )
+    for m in [baseline_model(study), *pareto]:
+        m.check_folder()  # another study's folder: ValueError
     missing = [m.number for m in pareto if not m.checkpoint.is_file()]
     if missing:
         print(f"warning: trial folders of Pareto trials {missing} are not here", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,21 @@ def test_threshold_curves_mark_both_optima(synthetic_study: optuna.Study) -> Non
     # synthetic curve of trial 0 peaks at 0.3 in every region and in the mean
     per_region = [ln.get_xdata()[0] for ln in wt.lines if ln.get_marker() == "v"]
     assert per_region == pytest.approx([0.5, 0.3, 0.35, 0.4])
+
+
+def test_a_folder_of_another_study_is_refused_not_drawn(synthetic_study: optuna.Study) -> None:
+    """A trial folder whose metrics.json records another model (e.g. ``trial_dir`` resolved from
+    another working directory) is an error naming it, not another study's curve."""
+    model = trial_models(synthetic_study, pareto_only=True)[1]
+    path = model.trial_dir / "metrics.json"
+    record = json.loads(path.read_text())
+    same = {"size_bytes": model.size_bytes, "val_dice": model.val_dice}
+    path.write_text(json.dumps({**record, "compressed": same}))
+    model.check_folder()  # the study's own folder
+    assert threshold_curves_figure(synthetic_study) is not None
+    path.write_text(json.dumps({**record, "compressed": {**same, "size_bytes": 280_004}}))
+    with pytest.raises(ValueError, match=r"trials/1: holds another model than trial 1 .*280004"):
+        threshold_curves_figure(synthetic_study)
 
 
 def test_overlay_shows_best_and_smallest_pareto_model(synthetic_study: optuna.Study) -> None:
