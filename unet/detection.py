@@ -2,8 +2,11 @@
 truth, and regions missed or found whole.
 
     from unet.detection import detection_split
-    split = detection_split(candidate_rows, reference_rows, subjects)   # None without voxels
+    by_id = lambda rows: {r["subject"]: r for r in rows}              # unet.evaluate's rows
+    split = detection_split(by_id(candidate), by_id(reference), subjects)   # None: no voxels
     split["ET"].empty_delta, split["ET"].false_regions
+
+`unet.stats.paired_comparison` calls it for every paired comparison (``PairedComparison.detection``).
 
 Under the BraTS rule a region that is empty in the truth scores Dice 1 when the prediction is
 empty too and 0 when it marks a single voxel, so on such a subject a paired delta is -1, 0 or
